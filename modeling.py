@@ -1,0 +1,409 @@
+"""BERT and EmBERT: multi-task BERT with task-embedded attention (Maziarka & Danel, IJCNN 2021).
+
+BERT is Google's post-LayerNorm Transformer encoder. EmBERT adds, in every layer l, three task-embedding tables
+E_q[l], E_k[l], E_v[l] of shape [num_tasks, hidden]; for a batch of task t the projections become
+
+    Q = X W_q + b_q + E_q[l, t],   K = X W_k + b_k + E_k[l, t],   V = X W_v + b_v + E_v[l, t]
+
+and everything else is BERT. The three embeddings are folded into the bias of one fused QKV projection, so the task
+embeddings cost no extra matrix multiply. Two facts worth knowing: E_k shifts every score of a query by the same
+constant, which softmax cancels (its gradient is exactly zero); E_v is a per-task output bias when attention dropout
+is off. Both are kept, as in the paper and the released weights. With `our_attn` false the model is plain multi-task
+BERT (the "Shared" baseline of the BERT-and-PALs paper): one encoder, one head per task.
+
+Parameter names are those of the pretrained checkpoints (Hugging Face's, which are Google's with `LayerNorm.weight/bias`
+for `gamma/beta`), the task embeddings and heads those of the original EmBERT code (`query_task_emb`, `classifier.N`),
+so every format loads through `load_pretrained` with a plain name mapping.
+"""
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Activations a BERT config may name ("gelu" is the exact erf form, as Google's BERT).
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+}
+# Keys without which a JSON file is not a BERT config.
+REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+@dataclass
+class BertConfig:
+    """Model settings, read from a Google-style `bert_config.json` (Hugging Face `config.json` files work too).
+
+    Unknown keys (a Hugging Face config's `model_type`, `architectures`, ...) are kept in `extra` and written back.
+    """
+
+    vocab_size: int  # rows of the word-embedding table (30522 for bert-base-uncased)
+    hidden_size: int = 768  # width of every layer
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12  # must divide hidden_size
+    intermediate_size: int = 3072  # width of the feed-forward layer
+    hidden_act: str = "gelu"  # a key of ACTIVATIONS
+    hidden_dropout_prob: float = 0.1  # dropout on embeddings, sub-layer outputs and the pooled output
+    attention_probs_dropout_prob: float = 0.1  # dropout on attention probabilities
+    max_position_embeddings: int = 512  # longest sequence the position table holds
+    type_vocab_size: int = 2  # segment ids: 0 for sentence A, 1 for sentence B
+    initializer_range: float = 0.02  # std of the normal init of new parameters
+    layer_norm_eps: float = 1e-12  # Google BERT's LayerNorm epsilon
+    our_attn: bool = False  # EmBERT task-embedded attention on (true) or plain multi-task BERT (false)
+    num_tasks: int | None = None  # set by BertForMultiTask from its heads; the original scripts set it first
+    extra: dict = field(default_factory=dict)  # keys this dataclass does not know, kept verbatim
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                             f"{self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        missing = [key for key in REQUIRED_CONFIG_KEYS if key not in values]
+        if missing:
+            raise ValueError(f"{source} is not a BERT config: it lacks {', '.join(missing)}")
+        types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "extra"}
+        for key, expected in types.items():
+            value = values.get(key)
+            if value is not None and not _has_type(value, expected):
+                raise ValueError(f"{source}: {key} must be of type {expected}, got {value!r}")
+        extra = {k: v for k, v in values.items() if k not in types}
+        return cls(**{k: v for k, v in values.items() if k in types}, extra=extra)
+
+    @classmethod
+    def from_json_file(cls, path):
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} is not a BERT config: expected a JSON object")
+        return cls.from_dict(values, source=f"config file {path}")
+
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        return {**values.pop("extra"), **values}
+
+    def to_json_file(self, path):
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _has_type(value, annotation):
+    """Whether a JSON value fits a config field's annotation (bool is not an int here; an int is a float)."""
+    names = str(annotation)
+    if isinstance(value, bool):
+        return "bool" in names
+    if isinstance(value, int):
+        return "int" in names or "float" in names
+    if isinstance(value, float):
+        return "float" in names
+    return isinstance(value, str) and "str" in names
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + segment embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):  # (B, T) -> (B, T, H)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        embeddings = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+                      + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention; with `our_attn`, EmBERT's task embeddings on Q, K and V."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+        self.our_attn = config.our_attn
+        if config.our_attn:
+            self.query_task_emb = nn.Embedding(config.num_tasks, config.hidden_size)
+            self.key_task_emb = nn.Embedding(config.num_tasks, config.hidden_size)
+            self.value_task_emb = nn.Embedding(config.num_tasks, config.hidden_size)
+
+    def project(self, hidden_states, task_id):
+        """Q, K and V of shape (B, T, H) each, from one fused matmul."""
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3H,)
+        if self.our_attn:
+            # The task's three embedding rows are constant over batch and positions: they are a bias.
+            bias = bias + torch.cat([self.query_task_emb.weight[task_id], self.key_task_emb.weight[task_id],
+                                     self.value_task_emb.weight[task_id]])
+        return F.linear(hidden_states, weight, bias).chunk(3, dim=-1)
+
+    def forward(self, hidden_states, attention_mask, task_id):
+        """hidden_states (B, T, H), attention_mask (B, 1, 1, T) bool, True where a key may be attended."""
+        B, T, H = hidden_states.shape
+        q, k, v = (x.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
+                   for x in self.project(hidden_states, task_id))
+        # Masking with a boolean is exact: the original's additive -10000 underflows to a zero probability too.
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+                                                 dropout_p=self.dropout_prob if self.training else 0.0)
+        return context.transpose(1, 2).reshape(B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    """Dense, dropout, residual, LayerNorm: shared by the attention and the feed-forward sub-layers."""
+
+    def __init__(self, config, in_features):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config, config.hidden_size)
+
+    def forward(self, hidden_states, attention_mask, task_id):
+        return self.output(self.self(hidden_states, attention_mask, task_id), hidden_states)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, hidden_states):  # (B, T, H) -> (B, T, intermediate)
+        return self.activation(self.dense(hidden_states))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertSelfOutput(config, config.intermediate_size)
+
+    def forward(self, hidden_states, attention_mask, task_id):
+        attended = self.attention(hidden_states, attention_mask, task_id)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states, attention_mask, task_id):
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, attention_mask, task_id)
+        return hidden_states
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(h[CLS])): the sentence representation the heads read."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states):  # (B, T, H) -> (B, H)
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class BertModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id=0):
+        """input_ids, token_type_ids, attention_mask (1 = token, 0 = padding): (B, T).
+
+        Returns the last hidden states (B, T, H) and the pooled [CLS] output (B, H).
+        """
+        key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T), broadcast over heads and queries
+        hidden_states = self.encoder(self.embeddings(input_ids, token_type_ids), key_mask, task_id)
+        return hidden_states, self.pooler(hidden_states)
+
+
+class BertForMultiTask(nn.Module):
+    """Shared BERT (or EmBERT) encoder, one linear head per task on the pooled output.
+
+    `num_labels_per_task[t]` is the number of outputs of task t's head; 1 means regression (MSE loss), more means
+    classification (cross-entropy). Task ids index the heads and the task-embedding rows.
+    """
+
+    def __init__(self, config, num_labels_per_task):
+        super().__init__()
+        num_tasks = len(num_labels_per_task)
+        if config.num_tasks is not None and config.num_tasks != num_tasks:
+            raise ValueError(f"config.num_tasks is {config.num_tasks} but {num_tasks} heads were asked for "
+                             f"({list(num_labels_per_task)})")
+        config = dataclasses.replace(config, num_tasks=num_tasks)
+        self.config = config
+        self.num_labels_per_task = list(num_labels_per_task)
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.ModuleList(nn.Linear(config.hidden_size, n) for n in num_labels_per_task)
+        self.apply(partial(init_weights, std=config.initializer_range))
+
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None):
+        """Logits (B, num_labels of the task), and the loss when labels (B,) are given (else None)."""
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id)
+        logits = self.classifier[task_id](self.dropout(pooled))
+        if labels is None:
+            return logits, None
+        if logits.shape[-1] == 1:  # a regression head (STS-B: target = score / 5)
+            loss = F.mse_loss(logits.float().squeeze(-1), labels.float())
+        else:
+            loss = F.cross_entropy(logits.float(), labels)
+        return logits, loss
+
+    def shape_hint(self, state):
+        """Name the config setting a checkpoint's shape mismatch most likely comes from ("" if none)."""
+        words = state.get("bert.embeddings.word_embeddings.weight")
+        if words is None:
+            return ""
+        if words.shape[1] != self.config.hidden_size:
+            return f" (the config's hidden_size is {self.config.hidden_size}, the checkpoint's is {words.shape[1]})"
+        if words.shape[0] != self.config.vocab_size:
+            return f" (the config's vocab_size is {self.config.vocab_size}, the checkpoint's is {words.shape[0]})"
+        return ""
+
+
+def init_weights(module, std):
+    """New parameters: N(0, std) weights and zero biases (SPEC 5.4); LayerNorm starts as the identity."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints: every format the project meets, mapped onto our names in one place.
+
+# Names of plain BERT's parameters (after mapping): these must all come from a pretrained checkpoint. Everything
+# else (task embeddings, heads, Gated-BERT's adapters and gates) may start fresh.
+BERT_PARAMETER = re.compile(
+    r"bert\.(embeddings\.(word_embeddings|position_embeddings|token_type_embeddings|LayerNorm)"
+    r"|encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.(dense|LayerNorm)"
+    r"|intermediate\.dense|output\.(dense|LayerNorm))"
+    r"|pooler\.dense)\.(weight|bias)")
+# Keys a checkpoint may hold that no model here uses: pre-training heads and position-id buffers.
+IGNORED_KEY = re.compile(r"(^|\.)(cls\.|position_ids$)")
+# Prefixes left by wrappers: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# File names looked for, in this order, when --init_checkpoint is a directory.
+CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "best_model.pth")
+
+
+def read_state_dict(path):
+    """A state dict from a .safetensors or torch file, a training checkpoint's "model" entry, or a directory."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in CHECKPOINT_FILES if (path / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no checkpoint in directory {path}: looked for {', '.join(CHECKPOINT_FILES)}")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(path), path
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a resumable training checkpoint
+        state = state["model"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"checkpoint {path} is not a state dict of tensors")
+    return state, path
+
+
+def map_key(key):
+    """Our name for a checkpoint key, or None for keys no model here uses."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    if IGNORED_KEY.search(key):
+        return None
+    # Google BERT converted the old way, and the original EmBERT code, name LayerNorm parameters gamma and beta.
+    key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+    key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+    if not key.startswith(("bert.", "classifier.")):  # a bare encoder's state dict (no "bert." prefix)
+        key = "bert." + key
+    return key
+
+
+def load_pretrained(model, path, require_all=False):
+    """Load a checkpoint into `model`, by content rather than file name. Returns the names left freshly initialised.
+
+    Accepted: Google BERT converted to PyTorch the old way, Hugging Face BERT (`bert.` prefix or none) as .bin or
+    .safetensors or a directory holding one, our own checkpoints, and the original EmBERT / Gated-BERT code's state
+    dicts. Every BERT encoder weight must be present; task parameters (task embeddings, heads, adapters, gates) may be
+    absent and stay fresh unless `require_all` (loading a trained multi-task model). Any key the model does not have,
+    and any shape mismatch, is an error naming the keys and the file: nothing is silently left random.
+    """
+    raw, path = read_state_dict(path)
+    state = {}
+    for key, value in raw.items():
+        name = map_key(key)
+        if name is not None:
+            state[name] = value
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        if any(k.startswith("classifier.") for k in unexpected):
+            hint = "its task heads do not match this model's task list"
+        elif any("_task_emb" in k for k in unexpected):
+            hint = "it has task embeddings: check the config's our_attn"
+        else:
+            hint = "check the model type (EmBERT or Gated-BERT) and the config"
+        raise ValueError(f"checkpoint {path} has {len(unexpected)} parameter(s) this model does not "
+                         f"({hint}): {_first(unexpected)}")
+    missing = [k for k in own if k not in state and (require_all or BERT_PARAMETER.fullmatch(k))]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} parameter(s): {_first(missing)}")
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise ValueError(f"checkpoint {path}: {key} has shape {tuple(value.shape)} but the model's is "
+                             f"{tuple(own[key].shape)}{model.shape_hint(state)}")
+    model.load_state_dict(state, strict=False)
+    return [k for k in own if k not in state]
+
+
+def _first(names, shown=8):
+    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())

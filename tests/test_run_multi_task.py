@@ -1,0 +1,219 @@
+"""run_multi_task.py end to end: the seed command on real GLUE data and MiniLM weights, Ctrl-C and --resume,
+torchrun, and bad input. Runs call `multitask.main` in-process where they can (no interpreter start-up per run)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import multitask
+import run_multi_task
+from conftest import ROOT, fixture_glue_dir, minilm_dir, shared_glue_dir
+
+SMALL_TASKS = "cola,mrpc,rte,sts,sst"
+OUTPUT_FILES = ("args.json", "config.json", "vocab.txt", "train.log", "train_log.jsonl", "eval_results.jsonl",
+                "best_model.pth", "last_checkpoint.pth")
+
+
+def run(argv, method=run_multi_task.METHOD):
+    multitask.main(multitask.parse_args(run_multi_task.__doc__, [str(a) for a in argv]), method)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def seed_command(output_dir, data_dir, config, minilm, cache_dir):
+    """The README's seed command with the substitutions of the CPU reproduction."""
+    return ["--seed", 1, "--output_dir", output_dir, "--tasks", SMALL_TASKS, "--sample", "anneal", "--multi",
+            "--do_train", "--do_eval", "--do_lower_case", "--data_dir", f"{data_dir}/", "--vocab_file",
+            minilm / "vocab.txt", "--bert_config_file", config, "--init_checkpoint", minilm / "model.safetensors",
+            "--max_seq_length", 128, "--train_batch_size", 32, "--learning_rate", 2e-5, "--num_train_epochs", 2,
+            "--gradient_accumulation_steps", 1, "--steps_per_epoch", 20, "--no_cuda", "--cache_dir", cache_dir,
+            "--eval_batch_size", 64]
+
+
+@pytest.fixture(scope="session")
+def minilm_embert_config(tmp_path_factory):
+    """MiniLM's own config.json with "our_attn": true added."""
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    path = tmp_path_factory.mktemp("config") / "minilm_embert.json"
+    path.write_text(json.dumps({**config, "our_attn": True}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    """A 2-layer EmBERT over the real bert-base-uncased vocabulary: fast enough for many steps."""
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    path.write_text(json.dumps({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 37, "our_attn": True}))
+    return path
+
+
+def tiny_command(output_dir, config, cache_dir, *extra):
+    return ["--output_dir", output_dir, "--tasks", "cola,rte,sts", "--sample", "anneal", "--do_train",
+            "--do_lower_case", "--data_dir", fixture_glue_dir(), "--vocab_file", minilm_dir() / "vocab.txt",
+            "--bert_config_file", config, "--train_batch_size", 8, "--learning_rate", 1e-3, "--num_train_epochs", 2,
+            "--no_cuda", "--cache_dir", cache_dir, "--log_steps", 1, *extra]
+
+
+def test_seed_command_trains_evaluates_and_writes_every_file(tmp_path, minilm_embert_config):
+    out = tmp_path / "embert"
+    run(seed_command(out, shared_glue_dir(), minilm_embert_config, minilm_dir(), tmp_path / "cache"))
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    log = read_jsonl(out / "train_log.jsonl")
+    epochs = [r for r in log if "task_counts" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert all(sum(r["task_counts"].values()) == 20 for r in epochs)
+    assert epochs[0]["alpha"] == 1.0 and epochs[1]["alpha"] == pytest.approx(0.2)
+    losses = [r for r in log if "loss" in r]
+    assert {r["task"] for r in losses} <= set(SMALL_TASKS.split(","))
+    assert sum(r["steps"] for r in losses) == 40 and all(r["loss"] > 0 for r in losses)
+    evals = read_jsonl(out / "eval_results.jsonl")
+    assert [(e["epoch"], e["global_step"]) for e in evals] == [(0, 20), (1, 40)]
+    assert set(evals[-1]["scores"]) == set(SMALL_TASKS.split(","))
+    assert set(evals[-1]["scores"]["mrpc"]) == {"f1", "acc"} and set(evals[-1]["scores"]["sts"]) == {"pearson",
+                                                                                                  "spearman"}
+    best = max(evals, key=lambda e: e["glue_score"])
+    assert best["best"] and best["glue_score"] == pytest.approx(
+        sum(sum(m.values()) / len(m) for m in best["scores"].values()) / 5)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "embert" and config["task_names"] == SMALL_TASKS.split(",") and config["our_attn"]
+    args = json.loads((out / "args.json").read_text())
+    assert args["tasks"] == SMALL_TASKS.split(",") and args["steps_per_epoch"] == 20 and args["total_steps"] == 40
+    state = torch.load(out / "best_model.pth", weights_only=True)
+    assert state["classifier.3.weight"].shape == (1, 384)  # STS-B: one regression output
+    assert "dev, epoch 1 step 40" in (out / "train.log").read_text()
+
+
+def test_output_directory_is_not_overwritten(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.txt").write_text("a previous run")
+    with pytest.raises(SystemExit, match="is not empty: pass --resume .* or --overwrite_output_dir"):
+        run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2))
+
+
+def test_train_without_eval_keeps_the_final_model(tmp_path, tiny_config):
+    """The original crashed on --do_train without --do_eval."""
+    out = tmp_path / "run"
+    run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 3))
+    assert not (out / "eval_results.jsonl").exists()
+    final = torch.load(out / "last_checkpoint.pth", weights_only=False)
+    assert final["global_step"] == 6
+    best = torch.load(out / "best_model.pth", weights_only=True)
+    assert all(torch.equal(best[k], v) for k, v in final["model"].items())
+
+
+def run_script(argv, env=None, **popen):
+    return subprocess.Popen([sys.executable, "run_multi_task.py", *map(str, argv)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, tiny_config):
+    steps_per_epoch = 100
+    command = lambda out: tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", steps_per_epoch,
+                                       "--do_eval", "--eval_batch_size", 64)
+    run(command(tmp_path / "straight"))
+
+    interrupted = tmp_path / "interrupted"
+    process = run_script(command(interrupted))
+    log = interrupted / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:  # interrupt once a few steps are done
+        if log.exists() and any(r.get("global_step", 0) >= 7 for r in read_jsonl(log) if "loss" in r):
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.005)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    stopped_at = torch.load(interrupted / "last_checkpoint.pth", weights_only=False)["global_step"]
+    assert 7 <= stopped_at < 2 * steps_per_epoch, "the run ended before the interrupt: give it more steps"
+    assert "continue with --resume" in output
+
+    run([*command(interrupted), "--resume"])
+    straight = torch.load(tmp_path / "straight" / "last_checkpoint.pth", weights_only=False)
+    resumed = torch.load(interrupted / "last_checkpoint.pth", weights_only=False)
+    assert resumed["global_step"] == straight["global_step"] == 2 * steps_per_epoch
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert read_jsonl(interrupted / "train_log.jsonl") == read_jsonl(tmp_path / "straight" / "train_log.jsonl")
+    assert [e["scores"] for e in read_jsonl(interrupted / "eval_results.jsonl")] == \
+           [e["scores"] for e in read_jsonl(tmp_path / "straight" / "eval_results.jsonl")]
+
+
+def test_resume_refuses_changed_settings(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2))
+    with pytest.raises(SystemExit, match=r"changed: --learning_rate \(was 0.001, now 0.002\)"):
+        run([*tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2), "--resume",
+             "--learning_rate", 2e-3])
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    """DDP over gloo with the same global batch: same losses and final weights (dropout off: its masks differ)."""
+    config = tmp_path / "no_dropout.json"
+    config.write_text(json.dumps({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "intermediate_size": 37, "our_attn": True,
+                                  "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    command = lambda out: tiny_command(out, config, tmp_path / "cache", "--steps_per_epoch", 6,
+                                       "--gradient_accumulation_steps", 2)
+    run(command(tmp_path / "single"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               "--master_port=29517", "run_multi_task.py", *map(str, command(tmp_path / "ddp"))],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
+    single, ddp = (read_jsonl(tmp_path / name / "train_log.jsonl") for name in ("single", "ddp"))
+    assert [r.get("task_counts") for r in single] == [r.get("task_counts") for r in ddp]  # the same tasks drawn
+    for a, b in zip(single, ddp):
+        if "loss" in a:
+            assert a["task"] == b["task"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    weights = [torch.load(tmp_path / name / "best_model.pth", weights_only=True) for name in ("single", "ddp")]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, atol=1e-5, rtol=0, msg=key)
+    assert json.loads((tmp_path / "ddp" / "args.json").read_text())["world_size"] == 2
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+
+def test_missing_task_files_are_all_listed_before_any_work(tmp_path, tiny_config):
+    """--tasks all with MNLI, QQP and QNLI train absent: every missing file named at once."""
+    with pytest.raises(SystemExit) as error:
+        run(["--output_dir", tmp_path / "out", "--tasks", "all", "--do_train", "--do_eval", "--data_dir",
+             shared_glue_dir(), "--vocab_file", minilm_dir() / "vocab.txt", "--bert_config_file", tiny_config])
+    message = str(error.value)
+    for name in ("MNLI/train.tsv", "MNLI/dev_matched.tsv", "MNLI/dev_mismatched.tsv", "QQP/train.tsv",
+                 "QQP/dev.tsv", "QNLI/train.tsv"):
+        assert name in message
+    assert "QNLI/dev.tsv" not in message and "\n" not in message
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tasks", "cola,squad"], "--tasks: unknown GLUE task 'squad'; valid names: cola, mrpc"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0"),
+    (["--train_batch_size", "6", "--gradient_accumulation_steps", "4"],
+     "--train_batch_size 6 must be a multiple of --gradient_accumulation_steps 4"),
+    (["--max_seq_length", "600"], "--max_seq_length 600 is more than the config's max_position_embeddings 512"),
+])
+def test_bad_flags_give_one_line_errors(tmp_path, tiny_config, flags, message, capsys):
+    argv = [*tiny_command(tmp_path / "out", tiny_config, tmp_path / "cache", "--steps_per_epoch", 2), *flags]
+    with pytest.raises(SystemExit) as error:
+        run(argv)
+    text = str(error.value) if error.value.code != 2 else capsys.readouterr().err  # argparse errors exit with 2
+    assert message in text
+
+
+def test_vocab_larger_than_the_config_is_refused(tmp_path):
+    config = tmp_path / "small_vocab.json"
+    config.write_text(json.dumps({"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "intermediate_size": 37}))
+    with pytest.raises(SystemExit, match=r"has 30522 tokens but the config's vocab_size is 1000"):
+        run(tiny_command(tmp_path / "out", config, tmp_path / "cache", "--steps_per_epoch", 2))
