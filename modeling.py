@@ -364,6 +364,11 @@ def map_key(key):
     return key
 
 
+def map_state_dict(raw):
+    """A checkpoint's tensors under our parameter names (keys no model here uses dropped)."""
+    return {name: value for key, value in raw.items() if (name := map_key(key)) is not None}
+
+
 def load_pretrained(model, path, require_all=False):
     """Load a checkpoint into `model`, by content rather than file name. Returns the names left freshly initialised.
 
@@ -374,11 +379,11 @@ def load_pretrained(model, path, require_all=False):
     and any shape mismatch, is an error naming the keys and the file: nothing is silently left random.
     """
     raw, path = read_state_dict(path)
-    state = {}
-    for key, value in raw.items():
-        name = map_key(key)
-        if name is not None:
-            state[name] = value
+    return load_mapped_state(model, map_state_dict(raw), path, require_all)
+
+
+def load_mapped_state(model, state, source, require_all=False):
+    """`load_pretrained` for a state dict already under our names (`map_state_dict`); `source` names it in errors."""
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
     if unexpected:
@@ -388,14 +393,14 @@ def load_pretrained(model, path, require_all=False):
             hint = "it has task embeddings: check the config's our_attn"
         else:
             hint = "check the model type (EmBERT or Gated-BERT) and the config"
-        raise ValueError(f"checkpoint {path} has {len(unexpected)} parameter(s) this model does not "
+        raise ValueError(f"checkpoint {source} has {len(unexpected)} parameter(s) this model does not "
                          f"({hint}): {_first(unexpected)}")
     missing = [k for k in own if k not in state and (require_all or BERT_PARAMETER.fullmatch(k))]
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} parameter(s): {_first(missing)}")
+        raise ValueError(f"checkpoint {source} lacks {len(missing)} parameter(s): {_first(missing)}")
     for key, value in state.items():
         if value.shape != own[key].shape:
-            raise ValueError(f"checkpoint {path}: {key} has shape {tuple(value.shape)} but the model's is "
+            raise ValueError(f"checkpoint {source}: {key} has shape {tuple(value.shape)} but the model's is "
                              f"{tuple(own[key].shape)}{model.shape_hint(state)}")
     model.load_state_dict(state, strict=False)
     return [k for k in own if k not in state]

@@ -61,8 +61,6 @@ BEST_MODEL, LAST_CHECKPOINT = "best_model.pth", "last_checkpoint.pth"
 RESUME_INVARIANTS = ("tasks", "sample", "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
                      "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer", "max_seq_length",
                      "bert_config_file", "h_aug", "freeze")
-# The model modules a run's config.json may name (run_test_multi_task.py rebuilds the model from it).
-MODEL_MODULES = {"embert": "modeling", "gated": "modeling_gated"}
 
 logger = logging.getLogger("embert")
 
@@ -76,7 +74,7 @@ def embert_alpha(epoch, num_epochs):
 class Method:
     """What distinguishes one multi-task method's training from another's."""
 
-    name: str  # a key of MODEL_MODULES, written to config.json
+    name: str  # written to config.json: run_test_multi_task.py picks the method by it
     modeling: ModuleType  # provides BertConfig and BertForMultiTask
     anneal_alpha: Callable = embert_alpha  # (epoch, num_epochs) -> sampling exponent for --sample anneal
     frozen_parameters: Callable | None = None  # (model, task_id, epoch) -> parameters this step must not update
@@ -403,19 +401,22 @@ def main(args, method):
         fail(f"--data_dir {args.data_dir} lacks {len(missing)} file(s) for --tasks {','.join(tasks)}: "
              f"{', '.join(missing)}")
 
-    config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
+    try:
+        config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
+        vocab_size = len(tokenization.load_vocab(args.vocab_file))  # checked here; features tokenize later
+    except (OSError, ValueError) as err:
+        fail(str(err))
     if method.pad_to_max_length:  # Gated-BERT: the gate's input size is max_seq_length x hidden
         config = dataclasses.replace(config, max_seq_length=args.max_seq_length,
                                      hidden_size_aug=args.h_aug or config.hidden_size_aug)
     if args.max_seq_length > config.max_position_embeddings:
         fail(f"--max_seq_length {args.max_seq_length} is more than the config's max_position_embeddings "
              f"{config.max_position_embeddings} ({args.bert_config_file})")
-    tokenizer = tokenization.FullTokenizer(args.vocab_file, args.do_lower_case)
-    if len(tokenizer.vocab) > config.vocab_size:
-        fail(f"--vocab_file {args.vocab_file} has {len(tokenizer.vocab)} tokens but the config's vocab_size is "
+    if vocab_size > config.vocab_size:
+        fail(f"--vocab_file {args.vocab_file} has {vocab_size} tokens but the config's vocab_size is "
              f"{config.vocab_size} ({args.bert_config_file}): they must come from the same model")
-    if len(tokenizer.vocab) < config.vocab_size:
-        logger.warning(f"--vocab_file has {len(tokenizer.vocab)} tokens, the config's vocab_size is "
+    if vocab_size < config.vocab_size:
+        logger.warning(f"--vocab_file has {vocab_size} tokens, the config's vocab_size is "
                        f"{config.vocab_size}: the extra embedding rows are never used")
     steps_per_epoch = args.steps_per_epoch or STEPS_PER_TASK_PER_EPOCH * len(tasks)
     total_steps = max(1, int(args.num_train_epochs * steps_per_epoch))
@@ -442,9 +443,12 @@ def main(args, method):
 
     # ---------------------------------------------------------------- data: tokenized once, cached on disk
     def features(task, split):
-        return glue_processors.load_features(args.data_dir, task, split, args.vocab_file, args.do_lower_case,
-                                             args.max_seq_length, cache_dir=args.cache_dir,
-                                             num_workers=args.num_workers)
+        try:
+            return glue_processors.load_features(args.data_dir, task, split, args.vocab_file, args.do_lower_case,
+                                                 args.max_seq_length, cache_dir=args.cache_dir,
+                                                 num_workers=args.num_workers)
+        except (OSError, ValueError) as err:  # a malformed file: its name and line are in the message
+            fail(str(err))
 
     if distributed and not is_main:  # rank 0 tokenizes and caches; the others then read its cache
         dist.barrier()
@@ -460,7 +464,10 @@ def main(args, method):
     torch.manual_seed(args.seed)
     model = method.modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in tasks])
     if args.init_checkpoint:
-        fresh = load_pretrained(model, args.init_checkpoint)
+        try:
+            fresh = load_pretrained(model, args.init_checkpoint)
+        except (OSError, ValueError) as err:
+            fail(f"--init_checkpoint: {err}")
         logger.info(f"loaded {args.init_checkpoint}; {len(fresh)} task parameter tensor(s) start fresh")
     else:
         logger.warning("no --init_checkpoint: the encoder starts from random weights")

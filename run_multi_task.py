@@ -1,4 +1,4 @@
-"""Train EmBERT (multi-task BERT with task-embedded attention) on GLUE.
+r"""Train EmBERT (multi-task BERT with task-embedded attention) on GLUE.
 
 One GPU, the paper's run (60,000 steps of batch 32 over the eight GLUE tasks):
     python run_multi_task.py --seed 1 --output_dir saved/embert --tasks all --sample anneal --multi \

@@ -1,4 +1,4 @@
-"""Train Gated-BERT (EmBERT whose last layer mixes per-task adapters through learned gates) on GLUE.
+r"""Train Gated-BERT (EmBERT whose last layer mixes per-task adapters through learned gates) on GLUE.
 
 One GPU, the seed command (60,000 steps of batch 32 over the eight GLUE tasks):
     python run_multi_task_gated.py --seed 1 --output_dir saved/gatedbert --tasks all --sample anneal --multi \

@@ -4,6 +4,7 @@ Tests that need the full GLUE files in ../shared/glue, the MiniLM checkpoint (pi
 transformers skip with a reason when those are missing; under CI (CI=true) they fail instead, so CI never silently
 skips them.
 """
+import json
 import os
 import sys
 from pathlib import Path
@@ -49,3 +50,12 @@ def minilm_dir():
 def fixture_glue_dir():
     """A small slice of real GLUE rows shipped with the repository (tests/fixtures/glue)."""
     return FIXTURES / "glue"
+
+
+@pytest.fixture(scope="session")
+def minilm_embert_config(tmp_path_factory):
+    """MiniLM's own config.json with "our_attn": true added (EmBERT on the MiniLM architecture)."""
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    path = tmp_path_factory.mktemp("config") / "minilm_embert.json"
+    path.write_text(json.dumps({**config, "our_attn": True}))
+    return path

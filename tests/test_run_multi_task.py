@@ -38,15 +38,6 @@ def seed_command(output_dir, data_dir, config, minilm, cache_dir):
 
 
 @pytest.fixture(scope="session")
-def minilm_embert_config(tmp_path_factory):
-    """MiniLM's own config.json with "our_attn": true added."""
-    config = json.loads((minilm_dir() / "config.json").read_text())
-    path = tmp_path_factory.mktemp("config") / "minilm_embert.json"
-    path.write_text(json.dumps({**config, "our_attn": True}))
-    return path
-
-
-@pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory):
     """A 2-layer EmBERT over the real bert-base-uncased vocabulary: fast enough for many steps."""
     path = tmp_path_factory.mktemp("config") / "tiny.json"

@@ -1,0 +1,408 @@
+r"""Predict the GLUE test (or dev) sets with a trained EmBERT / Gated-BERT model and write a leaderboard submission.
+
+A training run's output directory (the model is rebuilt from its config.json, vocab.txt and best_model.pth):
+    python run_test_multi_task.py --model_dir saved/embert --output_dir submissions/embert
+A checkpoint file: ours (its heads are --tasks, as in its training run), or one written by the original EmBERT or
+Gated-BERT code (its heads are the eight of --tasks all, in that order; the key names say which model it is):
+    python run_test_multi_task.py --model_dir embert_model.bin --bert_config_file configs/embert_config.json \
+        --vocab_file $BERT_DIR/vocab.txt --do_lower_case --data_dir $GLUE_DIR/ --output_dir submissions/embert
+The dev sets instead (prints the metrics and writes dev_results.json): add --split dev.
+CPU: add --no_cuda. On CUDA the model runs in bf16 autocast where the GPU supports it.
+
+Writes to --output_dir the GLUE server's files, each `index<TAB>prediction` with the index of the test file:
+CoLA.tsv, SST-2.tsv, MRPC.tsv, STS-B.tsv, QQP.tsv, MNLI-m.tsv, MNLI-mm.tsv, QNLI.tsv, RTE.tsv, WNLI.tsv, AX.tsv,
+and submission.zip holding them, ready to upload. Labels are the server's: 0/1 (CoLA, SST-2, MRPC, QQP, WNLI),
+entailment/neutral/contradiction (MNLI, and AX, predicted with the MNLI head), entailment/not_entailment (QNLI, RTE),
+a similarity in [0, 5] for STS-B; WNLI is the majority class unless the model has a WNLI head. A task whose file
+is missing is reported by name and skipped; the others are still written. With --split dev the same files hold
+the dev-set predictions (index = row number), and dev_results.json the metrics.
+"""
+import argparse
+import dataclasses
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import glue_processors
+import run_multi_task
+import run_multi_task_gated
+import tokenization
+from glue_processors import ALL_TASKS, STS_MAX_SCORE, TASKS
+from modeling import load_mapped_state, map_state_dict, read_state_dict
+from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, VOCAB_FILE, Method, fail, format_scores,
+                       logits_to_predictions, predict, resolve_precision, save_json, write_atomic)
+
+# The training scripts' methods, by the name a run's config.json records: the model module, and whether batches
+# are padded to max_seq_length (Gated-BERT) or to the longest example (EmBERT). Predicting exactly as training
+# evaluated is what makes --split dev reproduce a run's logged dev metrics.
+METHODS = {method.name: method for method in (run_multi_task.METHOD, run_multi_task_gated.METHOD)}
+# Tasks predicted without a head of their own: WNLI (the majority class) and AX (the MNLI head).
+EXTRA_TASKS = ("wnli", "ax")
+# WNLI's majority class, what GLUE's own baselines predict for it (65.1% of its test set).
+WNLI_MAJORITY_LABEL = "0"
+# Decimals written for STS-B similarities (0-5); the server reads any float.
+STS_DECIMALS = 3
+SUBMISSION_HEADER = "index\tprediction"
+SUBMISSION_ZIP, DEV_RESULTS = "submission.zip", "dev_results.json"
+# Defaults for a bare checkpoint file, which has no args.json: the paper's (and the training scripts') sequence
+# length, and a batch larger than training's 8, since prediction keeps no activations for a backward pass.
+DEFAULT_MAX_SEQ_LENGTH = 128
+DEFAULT_EVAL_BATCH_SIZE = 64
+
+# The original code (and Google BERT converted the old way) names LayerNorm parameters gamma and beta; ours and
+# Hugging Face's weight and bias. An original-format file is a trained model with the eight --tasks all heads.
+ORIGINAL_FORMAT_KEY = re.compile(r"LayerNorm\.(gamma|beta)$")
+GATE_KEY = re.compile(r"\.attention\.self\.weight_layer_q\.weight$")  # only Gated-BERT has gates
+ADAPTER_KEY = re.compile(r"\.attention\.self\.query_list\.0\.weight$")  # (hidden_size_aug, hidden)
+HEAD_KEY = re.compile(r"classifier\.(\d+)\.weight")  # (num_labels, hidden)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The model.
+    parser.add_argument("--model_dir", required=True,
+                        help=f"a training run's --output_dir ({CONFIG_FILE}, {ARGS_FILE}, {BEST_MODEL}) or a "
+                             "checkpoint file (ours, or the original EmBERT / Gated-BERT code's)")
+    parser.add_argument("--model", choices=sorted(METHODS), default=None,
+                        help="model type of a checkpoint file (default: detected from its keys)")
+    parser.add_argument("--bert_config_file", default=None,
+                        help="checkpoint file only: the BERT config JSON it was trained with (our_attn: true)")
+    parser.add_argument("--vocab_file", default=None, help="checkpoint file only: the BERT vocab.txt it used")
+    parser.add_argument("--do_lower_case", action="store_true", default=None,
+                        help="checkpoint file only: lower-case and strip accents (uncased models)")
+    parser.add_argument("--tasks", default=None,
+                        help="tasks to predict: 'all', 'inf' or a comma list (wnli and ax allowed); default every "
+                             "task the model has a head for, plus wnli and ax. For a checkpoint file of ours it "
+                             "names the heads instead, as in its training run (default all)")
+    # Data.
+    parser.add_argument("--data_dir", default=None,
+                        help="GLUE data directory (glue_data layout); default: the training run's --data_dir")
+    parser.add_argument("--split", choices=("test", "dev"), default="test",
+                        help="test: the leaderboard submission; dev: the same files for the dev sets, and metrics")
+    parser.add_argument("--max_seq_length", type=int, default=None,
+                        help=f"longest sequence after WordPiece (default: the run's, else {DEFAULT_MAX_SEQ_LENGTH}); "
+                             "Gated-BERT must use the length it was trained with")
+    parser.add_argument("--cache_dir", default=None,
+                        help="where tokenized features are cached (default: the run's, else $EMBERT_CACHE or "
+                             "~/.cache/embert)")
+    # Output and hardware.
+    parser.add_argument("--output_dir", required=True, help="where the submission files go")
+    parser.add_argument("--eval_batch_size", type=int, default=None,
+                        help=f"examples per batch (default: the run's, else {DEFAULT_EVAL_BATCH_SIZE})")
+    parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    args = parser.parse_args(argv)
+    for flag in ("max_seq_length", "eval_batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    return args
+
+
+@dataclass
+class LoadedModel:
+    """A trained model and what predicting with it needs."""
+
+    model: nn.Module
+    method: Method
+    heads: list  # task names in head (task id) order
+    tasks: list  # the tasks to predict
+    vocab_file: Path
+    do_lower_case: bool
+    max_seq_length: int
+    run_args: dict  # the training run's resolved arguments (args.json); empty for a checkpoint file
+
+
+# ------------------------------------------------------------------------------------------------ loading the model
+
+def parse_task_list(spec):
+    """--tasks for prediction: 'all', 'inf' or a comma list, where wnli and ax are allowed too."""
+    try:
+        if spec.strip().lower() in ("all", "inf"):
+            return glue_processors.resolve_tasks(spec)
+        return list(dict.fromkeys(glue_processors.canonical_task_name(name) for name in spec.split(",")))
+    except ValueError as err:
+        fail(f"--tasks: {err}")
+
+
+def head_task(task):
+    """The task whose head predicts `task`: AX is predicted with MNLI's."""
+    return "mnli" if task == "ax" else task
+
+
+def head_of(task, heads):
+    """The task whose head predicts `task`, or None when the model has no such head."""
+    return head_task(task) if head_task(task) in heads else None
+
+
+def can_predict(task, heads):
+    return task == "wnli" or head_of(task, heads) is not None  # WNLI: its majority class without a head
+
+
+def tasks_to_predict(spec, heads):
+    """--tasks, checked against the heads; by default every head, WNLI, and AX when there is an MNLI head."""
+    if spec is None:
+        return [*heads, *(t for t in EXTRA_TASKS if t not in heads and can_predict(t, heads))]
+    tasks = parse_task_list(spec)
+    for task in tasks:
+        if not can_predict(task, heads):
+            fail(f"--tasks {spec}: the model has no {head_task(task)} head (its heads: {','.join(heads)})")
+    return tasks
+
+
+def check_heads(state, heads, path, source):
+    """The checkpoint's heads must be those of `heads`, in order: same count, same number of outputs each."""
+    sizes = {int(match[1]): value.shape[0] for key, value in state.items() if (match := HEAD_KEY.fullmatch(key))}
+    found = [sizes.get(i) for i in range(max(sizes, default=-1) + 1)]
+    expected = [TASKS[t].num_labels for t in heads]
+    if found != expected:
+        fail(f"checkpoint {path} has {len(found)} heads with {found} outputs, but {source} names "
+             f"{len(heads)} tasks ({','.join(heads)}) needing {expected}")
+
+
+def read_mapped_state(path):
+    """The checkpoint's tensors under our parameter names, and whether it is in the original code's format."""
+    try:
+        raw, path = read_state_dict(path)
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: torch.load of a file that is no checkpoint
+        fail(f"--model_dir: {err}")
+    return map_state_dict(raw), any(ORIGINAL_FORMAT_KEY.search(key) for key in raw), path
+
+
+def build_model(method, config, heads, state, path):
+    """The method's BertForMultiTask with one head per task, every parameter loaded from `state` (read from `path`)."""
+    try:
+        model = method.modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in heads])
+        load_mapped_state(model, state, path, require_all=True)
+    except ValueError as err:
+        fail(str(err))
+    return model.eval()
+
+
+def load_run_directory(args):
+    """A training run's output directory: the model, tokenizer settings and defaults all come from its files."""
+    directory = Path(args.model_dir)
+    needed = [directory / name for name in (CONFIG_FILE, VOCAB_FILE, BEST_MODEL)]
+    absent = [path.name for path in needed if not path.is_file()]
+    if absent:
+        fail(f"--model_dir {directory} lacks {', '.join(absent)}: expected a training run's --output_dir "
+             f"({CONFIG_FILE}, {ARGS_FILE}, {VOCAB_FILE}, {BEST_MODEL}) or a checkpoint file")
+    config_path, vocab_file, checkpoint = needed
+    given = [f"--{flag}" for flag in ("bert_config_file", "vocab_file", "do_lower_case")
+             if getattr(args, flag) is not None]
+    if given:
+        fail(f"{', '.join(given)}: only for a checkpoint file; run directory {directory} has its own "
+             f"{CONFIG_FILE} and {VOCAB_FILE}")
+    try:
+        record = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        fail(f"{config_path} is not valid JSON: {err}")
+    name = record.get("model")
+    if name not in METHODS:
+        fail(f"{config_path}: \"model\" is {name!r}, expected one of {', '.join(METHODS)} (written by "
+             f"run_multi_task.py or run_multi_task_gated.py)")
+    if args.model is not None and args.model != name:
+        fail(f"--model {args.model} disagrees with {config_path}, which says {name}")
+    method, heads = METHODS[name], record["task_names"]
+    for task in heads:  # the head's output order fixes each class index's meaning
+        table = list(TASKS[task].labels) if TASKS[task].labels else None
+        if record["task_labels"][task] != table:
+            fail(f"{config_path}: {task}'s labels are {record['task_labels'][task]}, this code's are {table}")
+    # The record is the model config plus the keys model_config_record adds; BertConfig keeps those as extras.
+    config = method.modeling.BertConfig.from_dict(record, source=str(config_path))
+    max_seq_length = args.max_seq_length or record["max_seq_length"]
+    if method.pad_to_max_length and max_seq_length != record["max_seq_length"]:
+        fail(f"--max_seq_length {max_seq_length}: Gated-BERT's gate reads exactly the {record['max_seq_length']} "
+             f"tokens it was trained with ({config_path})")
+    state, _, checkpoint = read_mapped_state(checkpoint)
+    check_heads(state, heads, checkpoint, config_path)
+    args_file = directory / ARGS_FILE
+    return LoadedModel(build_model(method, config, heads, state, checkpoint), method, heads,
+                       tasks_to_predict(args.tasks, heads), vocab_file, record["do_lower_case"], max_seq_length,
+                       json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {})
+
+
+def load_checkpoint_file(args):
+    """A bare state dict: ours (heads = --tasks) or the original code's (heads = ALL_TASKS), with the flags' files."""
+    path = Path(args.model_dir)
+    if args.bert_config_file is None or args.vocab_file is None:
+        fail(f"--model_dir {path} is a checkpoint file: give --bert_config_file and --vocab_file (and "
+             "--do_lower_case for an uncased model) as its training run had them")
+    state, original, path = read_mapped_state(path)
+    name = args.model or ("gated" if any(GATE_KEY.search(key) for key in state) else "embert")
+    method = METHODS[name]
+    if original:
+        heads, source = list(ALL_TASKS), "the original code's --tasks all order"
+        tasks = tasks_to_predict(args.tasks, heads)
+    else:  # --tasks describes the heads, as in the training run; all of them are predicted
+        try:
+            heads = glue_processors.resolve_tasks(args.tasks or "all")
+        except ValueError as err:
+            fail(f"--tasks: {err}")
+        source, tasks = f"--tasks {args.tasks or 'all'}", tasks_to_predict(None, heads)
+    check_heads(state, heads, path, source)
+    try:
+        config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
+    except (OSError, ValueError) as err:
+        fail(f"--bert_config_file: {err}")
+    max_seq_length = args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
+    if method.pad_to_max_length:
+        # As in training. The gate's input size fixes max_seq_length: a mismatch fails to load, naming both lengths.
+        # The adapters' rank is a shape only (the original's --h_aug): take the checkpoint's.
+        rank = next((value.shape[0] for key, value in state.items() if ADAPTER_KEY.search(key)),
+                    config.hidden_size_aug)
+        config = dataclasses.replace(config, max_seq_length=max_seq_length, hidden_size_aug=rank)
+    return LoadedModel(build_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
+                       bool(args.do_lower_case), max_seq_length, {})
+
+
+# ------------------------------------------------------------------------------------------------ submission files
+
+def submission_jobs(tasks, split):
+    """(task, data split, submission file name) of every file `tasks` give for --split test or dev."""
+    jobs = []
+    for task in tasks:
+        for test_split in TASKS[task].test_splits:
+            # Each dev split is written under its test split's name: dev_matched -> test_matched -> MNLI-m.tsv.
+            data_split = test_split if split == "test" else test_split.replace("test", "dev", 1)
+            if data_split in TASKS[task].splits:
+                jobs.append((task, data_split, TASKS[task].submission_file(test_split)))
+    return jobs
+
+
+def prediction_strings(head, predictions):
+    """Class indices, or STS-B outputs (score / 5), as the GLUE server's labels."""
+    task = TASKS[head]
+    if task.is_regression:
+        scores = (predictions * STS_MAX_SCORE).clamp(0.0, STS_MAX_SCORE)
+        return [f"{score:.{STS_DECIMALS}f}" for score in scores.tolist()]
+    return [task.labels[i] for i in predictions.tolist()]
+
+
+def write_submission_file(path, indices, values):
+    lines = [SUBMISSION_HEADER, *(f"{index}\t{value}" for index, value in zip(indices, values, strict=True))]
+    write_atomic(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+
+
+def write_zip(path, files):
+    """The files at the archive's root, as the GLUE server expects them."""
+    def write(tmp):
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in files:
+                archive.write(file, arcname=file.name)
+    write_atomic(path, write)
+
+
+def not_written(loaded, split, written, missing):
+    """Each of the GLUE server's files that was not written, with the reason."""
+    notes = []
+    for task in TASKS:
+        for test_split in TASKS[task].test_splits:
+            name = TASKS[task].submission_file(test_split)
+            if name in written:
+                continue
+            if name in missing:
+                reason = f"{missing[name]} not found"
+            elif task in loaded.tasks:  # asked for, but the task has no such split (AX has no dev set)
+                reason = f"{task} has no {split} set"
+            elif not can_predict(task, loaded.heads):
+                reason = f"the model has no {head_task(task)} head"
+            else:
+                reason = "not in --tasks"
+            notes.append(f"{name} ({reason})")
+    return notes
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(args):
+    # ---------------------------------------------------------------- set-up: model, data settings, device
+    if not Path(args.model_dir).exists():
+        fail(f"--model_dir {args.model_dir} does not exist")
+    loaded = load_run_directory(args) if Path(args.model_dir).is_dir() else load_checkpoint_file(args)
+    model, run_args = loaded.model, loaded.run_args
+    data_dir = args.data_dir or run_args.get("data_dir")
+    if data_dir is None:
+        fail("--data_dir is required with a checkpoint file")
+    cache_dir = args.cache_dir or run_args.get("cache_dir")
+    batch_size = args.eval_batch_size or run_args.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
+    if loaded.max_seq_length > model.config.max_position_embeddings:
+        fail(f"--max_seq_length {loaded.max_seq_length} is more than the model's max_position_embeddings "
+             f"{model.config.max_position_embeddings}")
+    try:
+        vocab_size = len(tokenization.load_vocab(loaded.vocab_file))
+    except (OSError, ValueError) as err:
+        fail(f"--vocab_file: {err}")
+    if vocab_size > model.config.vocab_size:
+        fail(f"vocab file {loaded.vocab_file} has {vocab_size} tokens but the model's vocab_size is "
+             f"{model.config.vocab_size}: they must come from the same model")
+    use_cuda = torch.cuda.is_available() and not args.no_cuda
+    device = torch.device("cuda") if use_cuda else torch.device("cpu")
+    precision = resolve_precision("auto", device)  # bf16 on CUDA where the GPU supports it, else fp32
+    model.to(device)
+    pad_to = loaded.max_seq_length if loaded.method.pad_to_max_length else None
+    print(f"{loaded.method.name} model {args.model_dir} (heads {','.join(loaded.heads)}) | {device.type} "
+          f"{precision} | {args.split} sets of {','.join(loaded.tasks)}")
+
+    # ---------------------------------------------------------------- data: every file read before any prediction
+    jobs, missing, features = submission_jobs(loaded.tasks, args.split), {}, {}
+    for task, split, file_name in jobs:
+        path = glue_processors.task_file(data_dir, task, split)
+        if not path.is_file():
+            missing[file_name] = path
+            print(f"{file_name}: skipped, {path} not found")
+            continue
+        try:
+            features[file_name] = glue_processors.load_features(data_dir, task, split, loaded.vocab_file,
+                                                                loaded.do_lower_case, loaded.max_seq_length,
+                                                                cache_dir=cache_dir)
+        except ValueError as err:  # a malformed file: stop before writing a partial submission
+            fail(str(err))
+    if not features:
+        fail(f"--data_dir {data_dir} has none of the {args.split} files of {','.join(loaded.tasks)}")
+
+    # ---------------------------------------------------------------- predict, write one file per split
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written, scores = [], {}
+    for task, split, file_name in jobs:
+        if file_name in missing:
+            continue
+        data, head = features[file_name], head_of(task, loaded.heads)
+        if head is None:  # WNLI without a head of its own: the majority class for every example
+            head = task
+            predictions = torch.full((len(data),), TASKS[task].labels.index(WNLI_MAJORITY_LABEL))
+        else:
+            logits = predict(model, data, loaded.heads.index(head), batch_size, device,
+                             AUTOCAST_DTYPES.get(precision), pad_to, desc=f"{task} {split}")
+            predictions = logits_to_predictions(head, logits)
+        indices = data.index if args.split == "test" else range(len(data))
+        write_submission_file(output_dir / file_name, indices, prediction_strings(head, predictions))
+        written.append(output_dir / file_name)
+        print(f"{file_name}: {len(data)} predictions")
+        if args.split == "dev":
+            scores.setdefault(task, {}).update(glue_processors.compute_metrics(task, split, predictions, data.labels))
+
+    # ---------------------------------------------------------------- the zip or the dev metrics; what is missing
+    if args.split == "test":
+        write_zip(output_dir / SUBMISSION_ZIP, written)
+        print(f"{output_dir / SUBMISSION_ZIP}: {len(written)} files")
+    else:
+        # The GLUE score averages the tasks the model has a head for, as the training run's does; a majority-class
+        # WNLI is reported but not averaged (None when it is all there is).
+        head_scores = {t: s for t, s in scores.items() if t in loaded.heads}
+        glue = glue_processors.glue_score(head_scores) if head_scores else None
+        save_json({"model_dir": str(args.model_dir), "scores": scores, "glue_score": glue,
+                   "task_scores": {t: glue_processors.task_score(s) for t, s in scores.items()}},
+                  output_dir / DEV_RESULTS)
+        print(f"dev: {format_scores(scores, glue)}" if head_scores else f"dev: {scores}")
+    notes = not_written(loaded, args.split, {path.name for path in written}, missing)
+    if notes:
+        print(f"not written: {'; '.join(notes)}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,405 @@
+"""run_test_multi_task.py: GLUE submission files from trained runs (EmBERT and Gated-BERT), the dev split against the
+metrics the training run logged, checkpoint files of ours and of the original code, and one-line errors on bad input.
+
+The runs are real: run_multi_task.py and run_multi_task_gated.py train in-process, once for the module, on the real
+GLUE rows of tests/fixtures/glue, with the real MiniLM WordPiece vocabulary. Their encoder is a tiny random one
+(hidden 32), not MiniLM: on one thread of this 2-core CPU MiniLM predicts about 2,000 tokens/s, and the
+../shared/glue test files hold about 700,000 tokens. The original-format checkpoint test uses the real MiniLM weights.
+"""
+import dataclasses
+import json
+import re
+import shutil
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import glue_processors
+import modeling
+import modeling_gated
+import multitask
+import run_multi_task
+import run_multi_task_gated
+import run_test_multi_task
+from conftest import fixture_glue_dir, minilm_dir, shared_glue_dir
+from glue_processors import ALL_TASKS, TASKS
+
+# A tiny encoder over MiniLM's real vocabulary (bert-base-uncased, 30522 tokens); odd sizes, as Google BERT's tests.
+TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=128, our_attn=True)
+MAX_SEQ_LENGTH = 64  # short: Gated-BERT pads every example to it
+OTHER_LENGTH = TINY["max_position_embeddings"]  # a valid length that Gated-BERT's gate was not built for
+GATED_RANK = 6  # --h_aug of the Gated run: the adapters' rank, odd on purpose
+EVAL_BATCH_SIZE = 128  # one batch per fixture dev set
+FIVE_TASKS = ("cola", "mrpc", "rte", "sts", "sst")  # the small GLUE tasks with real training data in ../shared/glue
+
+# The GLUE server's label vocabulary per submission file, written out here rather than taken from the task table.
+BINARY, NLI, ENTAILMENT = {"0", "1"}, {"entailment", "neutral", "contradiction"}, {"entailment", "not_entailment"}
+SERVER_LABELS = {"CoLA.tsv": BINARY, "SST-2.tsv": BINARY, "MRPC.tsv": BINARY, "QQP.tsv": BINARY, "WNLI.tsv": BINARY,
+                 "MNLI-m.tsv": NLI, "MNLI-mm.tsv": NLI, "AX.tsv": NLI, "QNLI.tsv": ENTAILMENT, "RTE.tsv": ENTAILMENT}
+STS_FILE, STS_MAX = "STS-B.tsv", 5.0
+# Where each submission file's rows come from (glue_data layout).
+TEST_FILES = {"CoLA.tsv": "CoLA/test.tsv", "SST-2.tsv": "SST-2/test.tsv", "MRPC.tsv": "MRPC/test.tsv",
+              "STS-B.tsv": "STS-B/test.tsv", "QQP.tsv": "QQP/test.tsv", "MNLI-m.tsv": "MNLI/test_matched.tsv",
+              "MNLI-mm.tsv": "MNLI/test_mismatched.tsv", "QNLI.tsv": "QNLI/test.tsv", "RTE.tsv": "RTE/test.tsv",
+              "WNLI.tsv": "WNLI/test.tsv", "AX.tsv": "diagnostic/diagnostic.tsv"}
+# ../shared/glue lacks the MNLI and QQP test files (SPEC 3).
+ABSENT_FROM_SHARED = ("MNLI-m.tsv", "MNLI-mm.tsv", "QQP.tsv")
+# STS-B is written rounded to STS_DECIMALS (half a unit of error), and batched and one-by-one runs differ by float
+# rounding (far below FLOAT_NOISE).
+FLOAT_NOISE = 1e-5
+STS_TOLERANCE = 0.5 * 10 ** -run_test_multi_task.STS_DECIMALS + FLOAT_NOISE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on 2 busy cores the thread pool's waiting made the training
+    runs 3 to 20 times slower. Restored afterwards for the other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, one_thread):
+    """Files the module's tests share: the tiny config, a feature cache, the MiniLM folder."""
+    root = tmp_path_factory.mktemp("run_test")
+    config = root / "tiny_config.json"
+    config.write_text(json.dumps(TINY))
+    return {"root": root, "config": config, "cache": root / "cache", "minilm": minilm_dir()}
+
+
+@pytest.fixture(scope="module")
+def runs(workspace):
+    """Output directories of two real training runs on the fixture GLUE rows (2 epochs of 2 steps, dev evaluation
+    after each): EmBERT on all eight tasks (so it has the MNLI head that predicts AX), Gated-BERT on the five."""
+    dirs = {}
+    for method, tasks in ((run_multi_task, "all"), (run_multi_task_gated, ",".join(FIVE_TASKS))):
+        output_dir = workspace["root"] / method.METHOD.name
+        argv = ["--seed", "1", "--output_dir", str(output_dir), "--tasks", tasks, "--sample", "anneal", "--multi",
+                "--do_train", "--do_eval", "--do_lower_case", "--data_dir", str(fixture_glue_dir()),
+                "--vocab_file", str(workspace["minilm"] / "vocab.txt"), "--bert_config_file", str(workspace["config"]),
+                "--max_seq_length", str(MAX_SEQ_LENGTH), "--train_batch_size", "8", "--eval_batch_size",
+                str(EVAL_BATCH_SIZE), "--num_train_epochs", "2", "--steps_per_epoch", "2", "--h_aug", str(GATED_RANK),
+                "--no_cuda", "--cache_dir", str(workspace["cache"])]
+        multitask.main(multitask.parse_args(method.__doc__, argv), method.METHOD)
+        dirs[method.METHOD.name] = output_dir
+    return dirs
+
+
+def run_script(*argv):
+    run_test_multi_task.main(run_test_multi_task.parse_args([*map(str, argv), "--no_cuda"]))
+
+
+def error_of(*argv):
+    """The message of the run's one-line error (SystemExit, no traceback)."""
+    with pytest.raises(SystemExit) as info:
+        run_script(*argv)
+    message = str(info.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def read_tsv(path):
+    """Rows of a tab-separated file, split on "\\n" only (GLUE texts hold other line-break characters)."""
+    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    return [line.split("\t") for line in lines if line]
+
+
+def read_submission(path):
+    rows = read_tsv(path)
+    assert rows[0] == ["index", "prediction"], path
+    assert all(len(row) == 2 for row in rows), path
+    return [row[0] for row in rows[1:]], [row[1] for row in rows[1:]]
+
+
+def check_labels(name, predictions):
+    """Every prediction is in the GLUE server's vocabulary for that file."""
+    if name == STS_FILE:
+        assert all(0.0 <= float(value) <= STS_MAX for value in predictions)
+    else:
+        assert set(predictions) <= SERVER_LABELS[name], name
+
+
+def written_files(output_dir):
+    return {path.name for path in output_dir.glob("*.tsv")}
+
+
+def check_zip(output_dir):
+    """submission.zip holds exactly the written files, at its root, byte for byte."""
+    with zipfile.ZipFile(output_dir / run_test_multi_task.SUBMISSION_ZIP) as archive:
+        assert sorted(archive.namelist()) == sorted(written_files(output_dir))
+        for name in archive.namelist():
+            assert archive.read(name) == (output_dir / name).read_bytes(), name
+
+
+def model_outputs(model, features, task_id, pad_to=None):
+    """The model's outputs (N, num_labels), one example at a time and un-padded (padded to `pad_to` for
+    Gated-BERT): a reference that shares nothing with the script's batching, sorting or padding."""
+    outputs = []
+    with torch.no_grad():
+        for i in range(len(features)):
+            ids = features.input_ids[features.offsets[i]:features.offsets[i + 1]].long()
+            types = (torch.arange(len(ids)) >= features.segment_a_len[i]).long()
+            width = pad_to or len(ids)
+            mask = (torch.arange(width) < len(ids)).long()
+            ids, types = (torch.nn.functional.pad(x, (0, width - len(ids))) for x in (ids, types))
+            outputs.append(model(ids[None], types[None], mask[None], task_id)[0][0])
+    return torch.stack(outputs)
+
+
+def check_against_model(output_dir, model, heads, data_dir, vocab_file, max_seq_length, cache_dir, pad_to=None):
+    """Each written file holds what the model predicts, with the head of the file's task (AX: MNLI's) and its
+    labels in head order; WNLI without a head: the majority class "0"."""
+    for name in written_files(output_dir):
+        task, split = next((t, s) for t in TASKS for s in TASKS[t].test_splits if TASKS[t].submission_file(s) == name)
+        features = glue_processors.load_features(data_dir, task, split, vocab_file, do_lower_case=True,
+                                                 max_seq_length=max_seq_length, cache_dir=cache_dir)
+        _, predictions = read_submission(output_dir / name)
+        head = "mnli" if task == "ax" else task
+        if head not in heads:
+            assert task == "wnli" and set(predictions) == {"0"}
+            continue
+        outputs = model_outputs(model, features, heads.index(head), pad_to)
+        if TASKS[head].is_regression:
+            expected = (outputs[:, 0] * STS_MAX).clamp(0, STS_MAX)
+            assert torch.allclose(torch.tensor([float(p) for p in predictions]), expected, rtol=0, atol=STS_TOLERANCE)
+        else:
+            assert predictions == [TASKS[head].labels[i] for i in outputs.argmax(-1).tolist()], name
+
+
+# ------------------------------------------------------------------------------------------------ trained runs
+
+@pytest.mark.parametrize("method, expected", [
+    ("embert", {"CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"}),
+    ("gated", {"CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "RTE.tsv", "WNLI.tsv"}),
+])
+def test_test_split_writes_the_submission(runs, tmp_path, capsys, method, expected):
+    glue = shared_glue_dir()
+    run_script("--model_dir", runs[method], "--output_dir", tmp_path, "--data_dir", glue)
+    out = capsys.readouterr().out
+    assert written_files(tmp_path) == expected
+    for name in expected:
+        indices, predictions = read_submission(tmp_path / name)
+        test_rows = read_tsv(glue / TEST_FILES[name])
+        assert test_rows[0][0] in ("index", "id")
+        assert indices == [row[0] for row in test_rows[1:]], name  # same rows, same order, index from the file
+        check_labels(name, predictions)
+    check_zip(tmp_path)
+    not_written = out.split("not written: ")[1]
+    if method == "embert":  # it has the MNLI and QQP heads, but ../shared/glue lacks their test files
+        for name in ABSENT_FROM_SHARED:
+            assert f"{name} ({glue / TEST_FILES[name]} not found)" in not_written
+    else:  # the five-task Gated-BERT model has no MNLI, QQP or QNLI head, so no AX either
+        assert "AX.tsv (the model has no mnli head)" in not_written
+        assert "QNLI.tsv (the model has no qnli head)" in not_written
+
+
+@pytest.mark.parametrize("method", ["embert", "gated"])
+def test_dev_split_reproduces_the_logged_best_metrics(runs, tmp_path, capsys, method):
+    """--split dev from the run directory alone (data, batch size and length from its files) gives exactly what
+    the training run logged at the epoch whose model best_model.pth holds."""
+    run_script("--model_dir", runs[method], "--output_dir", tmp_path, "--split", "dev")
+    records = [json.loads(line) for line in (runs[method] / multitask.EVAL_LOG).read_text().splitlines()]
+    best = [record for record in records if record["best"]][-1]
+    results = json.loads((tmp_path / run_test_multi_task.DEV_RESULTS).read_text())
+    assert results["glue_score"] == best["glue_score"]  # the same batches through the same code: bit for bit
+    assert {t: s for t, s in results["scores"].items() if t != "wnli"} == best["scores"]
+    assert set(results["scores"]["wnli"]) == {"acc"}  # the majority-class baseline, reported but not averaged
+    assert f"GLUE {best['glue_score']:.2f}" in capsys.readouterr().out
+    for name in written_files(tmp_path):
+        indices, predictions = read_submission(tmp_path / name)
+        assert indices == [str(i) for i in range(len(indices))]  # dev files: the index is the row number
+        check_labels(name, predictions)
+    assert not (tmp_path / run_test_multi_task.SUBMISSION_ZIP).exists()  # dev predictions are not for upload
+
+
+def test_index_comes_from_the_test_file(runs, tmp_path):
+    """GLUE's test indices happen to be row numbers: rows in reverse order tell the two apart."""
+    data_dir = tmp_path / "glue"
+    (data_dir / "RTE").mkdir(parents=True)
+    header, *rows = read_tsv(fixture_glue_dir() / TEST_FILES["RTE.tsv"])
+    (data_dir / TEST_FILES["RTE.tsv"]).write_text("".join("\t".join(row) + "\n" for row in [header, *rows[::-1]]),
+                                                   encoding="utf-8")
+    run_script("--model_dir", runs["embert"], "--output_dir", tmp_path / "out", "--tasks", "rte", "--data_dir",
+               data_dir)
+    indices, _ = read_submission(tmp_path / "out" / "RTE.tsv")
+    assert indices == [row[0] for row in rows[::-1]] != [str(i) for i in range(len(rows))]
+
+
+def test_task_subset_from_a_run(runs, tmp_path, capsys):
+    run_script("--model_dir", runs["embert"], "--output_dir", tmp_path, "--tasks", "rte,ax", "--data_dir",
+               fixture_glue_dir())
+    assert written_files(tmp_path) == {"RTE.tsv", "AX.tsv"}
+    assert "CoLA.tsv (not in --tasks)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint files
+
+def tiny_model(module, heads, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = module.BertConfig(**{**TINY, **overrides})
+    return module.BertForMultiTask(config, [TASKS[t].num_labels for t in heads]).eval()
+
+
+def to_original_names(state):
+    """Our state dict under the original EmBERT / Gated-BERT code's names: LayerNorm gamma and beta (SPEC 5.5)."""
+    return {re.sub(r"LayerNorm\.weight$", "LayerNorm.gamma", re.sub(r"LayerNorm\.bias$", "LayerNorm.beta", k)): v
+            for k, v in state.items()}
+
+
+@pytest.mark.parametrize("heads", [ALL_TASKS, ("wnli", "mnli")])
+def test_our_checkpoint_file_predicts_with_the_right_heads(workspace, tmp_path, heads):
+    """A bare state dict of ours: its heads are --tasks. Every file, AX with the MNLI head, WNLI with its own head
+    when it has one, against the model itself run example by example."""
+    model = tiny_model(modeling, heads)
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    vocab = workspace["minilm"] / "vocab.txt"
+    output_dir = tmp_path / "out"
+    run_script("--model_dir", tmp_path / "model.pth", "--tasks", ",".join(heads), "--bert_config_file",
+               workspace["config"], "--vocab_file", vocab, "--do_lower_case", "--data_dir", fixture_glue_dir(),
+               "--output_dir", output_dir, "--max_seq_length", MAX_SEQ_LENGTH, "--cache_dir", workspace["cache"])
+    expected = set(TEST_FILES) if heads == ALL_TASKS else {"WNLI.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"}
+    assert written_files(output_dir) == expected
+    check_against_model(output_dir, model, list(heads), fixture_glue_dir(), vocab, MAX_SEQ_LENGTH,
+                        workspace["cache"])
+    check_zip(output_dir)
+
+
+def test_original_embert_checkpoint_with_minilm_weights(workspace, tmp_path):
+    """The original code's state dict (SPEC 5.5: `bert.` prefix, gamma/beta, task embeddings, eight heads in --tasks
+    all order) of real MiniLM weights plus random task parameters; compared with a model assembled by hand."""
+    minilm = workspace["minilm"]
+    encoder = {k: v for k, v in load_file(minilm / "model.safetensors").items() if not k.endswith("position_ids")}
+    config = modeling.BertConfig.from_json_file(minilm / "config.json")
+    config = dataclasses.replace(config, our_attn=True)
+    g = torch.Generator().manual_seed(0)
+    task_embeddings = {(n, table): 0.02 * torch.randn(len(ALL_TASKS), config.hidden_size, generator=g)
+                       for n in range(config.num_hidden_layers) for table in ("query", "key", "value")}
+    heads = [(0.02 * torch.randn(TASKS[t].num_labels, config.hidden_size, generator=g),
+              0.02 * torch.randn(TASKS[t].num_labels, generator=g)) for t in ALL_TASKS]
+    original = to_original_names({f"bert.{k}": v for k, v in encoder.items()})
+    original.update({f"bert.encoder.layer.{n}.attention.self.{table}_task_emb.weight": value
+                     for (n, table), value in task_embeddings.items()})
+    for t, (weight, bias) in enumerate(heads):
+        original[f"classifier.{t}.weight"], original[f"classifier.{t}.bias"] = weight, bias
+    torch.save(original, tmp_path / "embert_original.bin")
+    config_file = tmp_path / "embert_config.json"
+    config.to_json_file(config_file)
+
+    output_dir = tmp_path / "out"
+    run_script("--model_dir", tmp_path / "embert_original.bin", "--bert_config_file", config_file, "--vocab_file",
+               minilm / "vocab.txt", "--do_lower_case", "--data_dir", fixture_glue_dir(), "--output_dir", output_dir,
+               "--tasks", "sts,ax", "--cache_dir", workspace["cache"])
+    assert written_files(output_dir) == {"STS-B.tsv", "AX.tsv"}
+
+    # The same model put together attribute by attribute: MiniLM's encoder, then each task parameter in place.
+    reference = modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in ALL_TASKS]).eval()
+    modeling.load_pretrained(reference, minilm / "model.safetensors")
+    with torch.no_grad():
+        for (n, table), value in task_embeddings.items():
+            getattr(reference.bert.encoder.layer[n].attention.self, f"{table}_task_emb").weight.copy_(value)
+        for head, (weight, bias) in zip(reference.classifier, heads):
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+    check_against_model(output_dir, reference, list(ALL_TASKS), fixture_glue_dir(), minilm / "vocab.txt",
+                        run_test_multi_task.DEFAULT_MAX_SEQ_LENGTH, workspace["cache"])
+
+
+@pytest.fixture
+def original_gated_checkpoint(tmp_path):
+    """A tiny Gated-BERT under the original code's names, its gate reading MAX_SEQ_LENGTH tokens; the config file
+    (like the original's embert_config.json) does not say the adapters' rank."""
+    model = tiny_model(modeling_gated, ALL_TASKS, max_seq_length=MAX_SEQ_LENGTH, hidden_size_aug=GATED_RANK)
+    path = tmp_path / "gated_original.bin"
+    torch.save(to_original_names(model.state_dict()), path)
+    return model, path
+
+
+def test_original_gated_checkpoint(workspace, tmp_path, original_gated_checkpoint):
+    model, path = original_gated_checkpoint
+    vocab = workspace["minilm"] / "vocab.txt"
+    output_dir = tmp_path / "out"
+    run_script("--model_dir", path, "--bert_config_file", workspace["config"], "--vocab_file", vocab,
+               "--do_lower_case", "--data_dir", fixture_glue_dir(), "--output_dir", output_dir, "--max_seq_length",
+               MAX_SEQ_LENGTH, "--tasks", "rte,ax", "--cache_dir", workspace["cache"])
+    assert written_files(output_dir) == {"RTE.tsv", "AX.tsv"}
+    check_against_model(output_dir, model, list(ALL_TASKS), fixture_glue_dir(), vocab, MAX_SEQ_LENGTH,
+                        workspace["cache"], pad_to=MAX_SEQ_LENGTH)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+def checkpoint_file_flags(workspace, tmp_path):
+    return ["--vocab_file", workspace["minilm"] / "vocab.txt", "--do_lower_case", "--data_dir", fixture_glue_dir(),
+            "--output_dir", tmp_path / "out", "--cache_dir", workspace["cache"]]
+
+
+def test_error_directory_without_checkpoint(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["embert"], run)
+    (run / multitask.BEST_MODEL).unlink()
+    assert f"lacks {multitask.BEST_MODEL}" in error_of("--model_dir", run, "--output_dir", tmp_path / "out")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = error_of("--model_dir", empty, "--output_dir", tmp_path / "out")
+    assert f"lacks {multitask.CONFIG_FILE}, {multitask.VOCAB_FILE}, {multitask.BEST_MODEL}" in message
+
+
+def test_error_heads_do_not_match_the_tasks(workspace, tmp_path):
+    torch.save(tiny_model(modeling, ALL_TASKS).state_dict(), tmp_path / "model.pth")
+    message = error_of("--model_dir", tmp_path / "model.pth", "--tasks", "cola,mrpc", "--bert_config_file",
+                       workspace["config"], *checkpoint_file_flags(workspace, tmp_path))
+    assert "has 8 heads with [2, 2, 3, 2, 1, 2, 2, 2] outputs" in message and "--tasks cola,mrpc" in message
+    # An original-format checkpoint must have the eight heads of --tasks all.
+    five = tiny_model(modeling, FIVE_TASKS)
+    torch.save(to_original_names(five.state_dict()), tmp_path / "original.bin")
+    message = error_of("--model_dir", tmp_path / "original.bin", "--bert_config_file", workspace["config"],
+                       *checkpoint_file_flags(workspace, tmp_path))
+    assert "has 5 heads" in message and "--tasks all order" in message
+
+
+def test_error_config_disagrees_with_the_checkpoint(workspace, tmp_path, original_gated_checkpoint):
+    torch.save(tiny_model(modeling, ALL_TASKS).state_dict(), tmp_path / "model.pth")
+    wider = tmp_path / "wider.json"
+    wider.write_text(json.dumps({**TINY, "hidden_size": 48}))
+    message = error_of("--model_dir", tmp_path / "model.pth", "--bert_config_file", wider,
+                       *checkpoint_file_flags(workspace, tmp_path))
+    assert "the config's hidden_size is 48, the checkpoint's is 32" in message
+    # Gated-BERT: the gate's input size fixes the sequence length.
+    _, gated = original_gated_checkpoint
+    message = error_of("--model_dir", gated, "--bert_config_file", workspace["config"], "--max_seq_length",
+                       OTHER_LENGTH, *checkpoint_file_flags(workspace, tmp_path))
+    assert (f"gate reads sequences of {MAX_SEQ_LENGTH} tokens, this run pads to --max_seq_length {OTHER_LENGTH}"
+            in message)
+    # --model overrides what the keys say.
+    message = error_of("--model_dir", gated, "--model", "embert", "--bert_config_file", workspace["config"],
+                       *checkpoint_file_flags(workspace, tmp_path))
+    assert "this model does not" in message and "attention.self.key_list.0" in message
+
+
+def test_error_test_file_without_index_column(runs, tmp_path):
+    data_dir = tmp_path / "glue"
+    shutil.copytree(fixture_glue_dir(), data_dir)
+    cola = data_dir / "CoLA" / "test.tsv"
+    rows = read_tsv(cola)
+    cola.write_text("".join(row[1] + "\n" for row in rows), encoding="utf-8")  # the sentence column only
+    message = error_of("--model_dir", runs["gated"], "--output_dir", tmp_path / "out", "--data_dir", data_dir)
+    assert str(cola) in message
+
+
+def test_error_flags_for_a_file_given_with_a_run(runs, workspace, tmp_path):
+    message = error_of("--model_dir", runs["embert"], "--vocab_file", workspace["minilm"] / "vocab.txt",
+                       "--output_dir", tmp_path)
+    assert "--vocab_file: only for a checkpoint file" in message
+    message = error_of("--model_dir", runs["gated"], "--output_dir", tmp_path, "--max_seq_length", OTHER_LENGTH)
+    assert f"Gated-BERT's gate reads exactly the {MAX_SEQ_LENGTH} tokens it was trained with" in message
+
+
+def test_error_checkpoint_file_without_its_config(workspace, tmp_path):
+    torch.save(tiny_model(modeling, ALL_TASKS).state_dict(), tmp_path / "model.pth")
+    message = error_of("--model_dir", tmp_path / "model.pth", *checkpoint_file_flags(workspace, tmp_path))
+    assert "give --bert_config_file and --vocab_file" in message
