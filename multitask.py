@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -392,9 +391,8 @@ def main(args, method):
         dist.barrier()
     setup_logging(output_dir, is_main)
     tasks = args.tasks
-    splits = (["train"] if args.do_train else []) + (["dev"] if args.do_eval else [])
     eval_splits = [(t, s) for t in tasks for s in TASKS[t].dev_splits] if args.do_eval else []
-    needed = [(t, "train") for t in tasks] * args.do_train + eval_splits
+    needed = ([(t, "train") for t in tasks] if args.do_train else []) + eval_splits
     missing = [str(glue_processors.task_file(args.data_dir, t, s)) for t, s in needed
                if not glue_processors.task_file(args.data_dir, t, s).is_file()]
     if missing:
@@ -465,7 +463,8 @@ def main(args, method):
     model = method.modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in tasks])
     if args.init_checkpoint:
         try:
-            fresh = load_pretrained(model, args.init_checkpoint)
+            # Evaluating without training needs a trained model: every task parameter must come from the file.
+            fresh = load_pretrained(model, args.init_checkpoint, require_all=not args.do_train)
         except (OSError, ValueError) as err:
             fail(f"--init_checkpoint: {err}")
         logger.info(f"loaded {args.init_checkpoint}; {len(fresh)} task parameter tensor(s) start fresh")
@@ -540,89 +539,96 @@ def main(args, method):
 
     # ---------------------------------------------------------------- training loop
     stop = StopRequest()
-    loss_sums = torch.zeros(len(tasks), device=device)  # summed on the device: no host sync per step
+    # Per-task loss sums then the stop flag, accumulated on the device (no host sync per step). A NaN or inf loss
+    # makes its task's sum non-finite, so the sums double as the divergence check.
+    tallies = torch.zeros(len(tasks) + 1, device=device)
     step_counts = [0] * len(tasks)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     model.train()
 
     def flush_log(epoch):
-        """One train_log.jsonl line per task trained since the last flush; the only host sync of the loop."""
+        """Write a train_log.jsonl line per task trained since the last flush; return whether to stop. The loop's
+        only host sync and, with several processes, its only all-reduce: there every rank agrees to stop or not."""
+        tallies[-1] = float(stop.requested)
         if distributed:
-            dist.all_reduce(loss_sums)
-            loss_sums.div_(world_size)
-        sums = loss_sums.tolist()
-        if nonfinite.item():
+            dist.all_reduce(tallies)
+        *sums, stop_votes = tallies.tolist()
+        if not all(math.isfinite(s) for s in sums):
             fail(f"the training loss became NaN or infinite at or before step {global_step}; the last good "
                  f"checkpoint is {checkpoint_path}. Lower --learning_rate or try --precision fp32")
         lr = scheduler.get_last_lr()[0]
         for t, task in enumerate(tasks):
             if step_counts[t] and is_main:
                 append_jsonl(output_dir / TRAIN_LOG, {"global_step": global_step, "epoch": epoch, "task": task,
-                                                      "loss": sums[t] / step_counts[t], "steps": step_counts[t],
-                                                      "lr": lr})
-        loss_sums.zero_()
+                                                      "loss": sums[t] / world_size / step_counts[t],
+                                                      "steps": step_counts[t], "lr": lr})
+        tallies.zero_()
         step_counts[:] = [0] * len(tasks)
+        return stop_votes > 0
 
-    start_epoch = global_step // steps_per_epoch
-    for epoch in range(start_epoch, num_epochs):
-        schedule = sampler.tasks_for_epoch(epoch).tolist()
-        epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        first_step = global_step - epoch * steps_per_epoch
-        if first_step == 0 and is_main:
-            counts = {task: schedule[:epoch_steps].count(t) for t, task in enumerate(tasks)}
-            append_jsonl(output_dir / TRAIN_LOG, {"global_step": global_step, "epoch": epoch,
-                                                  "task_counts": counts, "alpha": sampler.alpha(epoch)})
-        frozen_before = method.frozen_parameters is not None
-        bar = tqdm(range(first_step, epoch_steps), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not is_main)
-        for i in bar:
-            task = schedule[i]
-            for micro in range(args.gradient_accumulation_steps):
-                indices = sampler.next_indices(task, micro_batch * world_size)[rank * micro_batch:
-                                                                               (rank + 1) * micro_batch]
-                batch = to_device(glue_processors.make_batch(train_sets[task], indices, pad_to=pad_to,
-                                                             pad_multiple=PAD_MULTIPLE), device)
-                last_micro = micro == args.gradient_accumulation_steps - 1
-                with (net.no_sync() if distributed and not last_micro else contextlib.nullcontext()), \
-                        torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task,
-                                  batch["labels"])
-                    loss = loss / args.gradient_accumulation_steps
-                scaler.scale(loss).backward()
-                loss_sums[task] += loss.detach()
-                nonfinite |= ~torch.isfinite(loss.detach())
-            if frozen_before:  # "frozen" = no update at all: the optimizers skip parameters without a gradient
-                for p in method.frozen_parameters(model, task, epoch):
-                    p.grad = None
-            scaler.unscale_(optimizer)
-            optimization.clip_gradients(model, optimizer)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            step_counts[task] += 1
-            end_of_epoch = i == epoch_steps - 1
-            if global_step % args.log_steps == 0 or end_of_epoch or stop.requested:
-                flush_log(epoch)
-            if not end_of_epoch and (stop.requested or (args.save_checkpoints_steps
-                                                        and global_step % args.save_checkpoints_steps == 0)):
-                save_checkpoint()
-                if stop.requested:
-                    logger.info(f"saved {checkpoint_path} at step {global_step}; continue with --resume")
-                    return
-        bar.close()
-        if args.do_eval:
-            run_evaluation(epoch)
-        elif is_main:  # without evaluation the "best" model is the latest one
-            save_torch(model.state_dict(), output_dir / BEST_MODEL)
-        if method.checkpoint_every_epoch and is_main:
-            save_torch(model.state_dict(), output_dir / f"model_epoch_{epoch}.pth")
-        save_checkpoint()
-        if stop.requested:
-            logger.info(f"saved {checkpoint_path} at step {global_step}; continue with --resume")
-            return
-    stop.restore()
-    logger.info(f"done: {global_step} steps; best dev GLUE score {best_score:.2f}" if args.do_eval
-                else f"done: {global_step} steps")
+    stopping = False
+    try:
+        for epoch in range(global_step // steps_per_epoch, num_epochs):
+            schedule = sampler.tasks_for_epoch(epoch).tolist()
+            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+            first_step = global_step - epoch * steps_per_epoch
+            if first_step == 0 and is_main:
+                counts = {task: schedule[:epoch_steps].count(t) for t, task in enumerate(tasks)}
+                append_jsonl(output_dir / TRAIN_LOG, {"global_step": global_step, "epoch": epoch,
+                                                      "task_counts": counts, "alpha": sampler.alpha(epoch)})
+            bar = tqdm(range(first_step, epoch_steps), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not is_main)
+            for i in bar:
+                task = schedule[i]
+                for micro in range(args.gradient_accumulation_steps):
+                    indices = sampler.next_indices(task, micro_batch * world_size)[rank * micro_batch:
+                                                                                   (rank + 1) * micro_batch]
+                    batch = to_device(glue_processors.make_batch(train_sets[task], indices, pad_to=pad_to,
+                                                                 pad_multiple=PAD_MULTIPLE), device)
+                    last_micro = micro == args.gradient_accumulation_steps - 1
+                    with (net.no_sync() if distributed and not last_micro else contextlib.nullcontext()), \
+                            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task,
+                                      batch["labels"])
+                        loss = loss / args.gradient_accumulation_steps
+                    scaler.scale(loss).backward()
+                    tallies[task] += loss.detach()
+                if method.frozen_parameters:  # frozen = no update at all: the optimizers skip gradient-less ones
+                    for p in method.frozen_parameters(model, task, epoch):
+                        p.grad = None
+                scaler.unscale_(optimizer)
+                optimization.clip_gradients(model, optimizer)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                step_counts[task] += 1
+                end_of_epoch = i == epoch_steps - 1
+                # One process stops at once; several agree at the next log flush (at most --log_steps later).
+                if global_step % args.log_steps == 0 or end_of_epoch or (stop.requested and not distributed):
+                    stopping = flush_log(epoch)
+                if end_of_epoch:
+                    break
+                if stopping or (args.save_checkpoints_steps and global_step % args.save_checkpoints_steps == 0):
+                    save_checkpoint()
+                if stopping:
+                    break
+            bar.close()
+            if stopping and not end_of_epoch:
+                break
+            if args.do_eval:
+                run_evaluation(epoch)
+            elif is_main:  # without evaluation the "best" model is the latest one
+                save_torch(model.state_dict(), output_dir / BEST_MODEL)
+            if method.checkpoint_every_epoch and is_main:
+                save_torch(model.state_dict(), output_dir / f"model_epoch_{epoch}.pth")
+            save_checkpoint()
+            if stopping:
+                break
+    finally:
+        stop.restore()
+    if stopping:
+        logger.info(f"saved {checkpoint_path} at step {global_step}; continue with --resume")
+    else:
+        logger.info(f"done: {global_step} steps" + (f"; best dev GLUE score {best_score:.2f}" if args.do_eval else ""))
     if distributed:
         dist.destroy_process_group()

@@ -6,7 +6,8 @@ One GPU, the paper's run (60,000 steps of batch 32 over the eight GLUE tasks):
         --bert_config_file configs/embert_config.json --init_checkpoint $BERT_DIR/pytorch_model.bin \
         --max_seq_length 128 --train_batch_size 32 --learning_rate 2e-5 --num_train_epochs 25.0 \
         --gradient_accumulation_steps 1
-Several GPUs (--train_batch_size stays the global batch): torchrun --nproc_per_node=8 run_multi_task.py <same flags>
+Several GPUs (--train_batch_size stays the global batch):
+    torchrun --nproc_per_node=8 run_multi_task.py <same flags>
 CPU smoke run: add --no_cuda --tasks cola,mrpc,rte,sts,sst --num_train_epochs 2 --steps_per_epoch 20
 """
 import modeling

@@ -531,7 +531,8 @@ def test_embert_checkpoint_into_shared_model_is_refused(tmp_path):
 
 def test_checkpoint_with_more_heads_is_refused(tmp_path):
     path = write_state(tiny_model(heads=TINY_HEADS + [2]).state_dict(), tmp_path / "four_tasks.pth")
-    with pytest.raises(ValueError, match=r"has \d+ parameter\(s\) this model does not \(its task heads do not match this model's task list\): .*classifier\.3\.bias"):
+    with pytest.raises(ValueError, match=r"has \d+ parameter\(s\) this model does not \(its task heads do not match "
+                                         r"this model's task list\): .*classifier\.3\.bias"):
         load_pretrained(tiny_model(heads=TINY_HEADS), path)
 
 

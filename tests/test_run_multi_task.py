@@ -208,3 +208,29 @@ def test_vocab_larger_than_the_config_is_refused(tmp_path):
                                   "num_attention_heads": 4, "intermediate_size": 37}))
     with pytest.raises(SystemExit, match=r"has 30522 tokens but the config's vocab_size is 1000"):
         run(tiny_command(tmp_path / "out", config, tmp_path / "cache", "--steps_per_epoch", 2))
+
+
+def test_eval_only_from_the_best_model_reproduces_its_logged_scores(tmp_path, tiny_config):
+    trained = tmp_path / "trained"
+    run(tiny_command(trained, tiny_config, tmp_path / "cache", "--steps_per_epoch", 3, "--do_eval",
+                     "--eval_batch_size", 64))
+    best = max(read_jsonl(trained / "eval_results.jsonl"), key=lambda e: e["glue_score"])
+    evaluated = tmp_path / "evaluated"
+    argv = [a for a in tiny_command(evaluated, tiny_config, tmp_path / "cache", "--do_eval", "--eval_batch_size", 64,
+                                    "--init_checkpoint", trained / "best_model.pth") if a != "--do_train"]
+    run(argv)
+    [result] = read_jsonl(evaluated / "eval_results.jsonl")
+    assert result["scores"] == best["scores"] and result["epoch"] is None
+
+
+def test_eval_only_refuses_a_checkpoint_without_trained_heads(tmp_path, tiny_config):
+    bert_only = tmp_path / "bert.pth"
+    model = run_multi_task.METHOD.modeling.BertForMultiTask(
+        run_multi_task.METHOD.modeling.BertConfig.from_json_file(tiny_config), [2])
+    torch.save({k: v for k, v in model.state_dict().items() if "task_emb" not in k and "classifier" not in k},
+               bert_only)
+    argv = [a for a in tiny_command(tmp_path / "out", tiny_config, tmp_path / "cache", "--do_eval",
+                                    "--init_checkpoint", bert_only) if a != "--do_train"]
+    with pytest.raises(SystemExit,
+                       match=r"--init_checkpoint: checkpoint .*bert.pth lacks 12 parameter\(s\): .*query_task_emb"):
+        run(argv)

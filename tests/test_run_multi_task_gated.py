@@ -1,7 +1,7 @@
 """run_multi_task_gated.py end to end: the seed's Gated command on real GLUE rows and MiniLM weights.
 
 Gated-BERT pads every batch to max_seq_length (128), so on a CPU it costs several times EmBERT's step: the test runs the
-seed command on the GLUE rows shipped in tests/fixtures with 4 batches of 8 per epoch (the full-data run is in the README).
+seed command on the GLUE rows shipped in tests/fixtures with 4 batches of 8 per epoch (the full-data run: README).
 """
 import json
 

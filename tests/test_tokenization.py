@@ -274,7 +274,8 @@ def test_character_classes_match_the_reference_on_every_code_point(tmp_path):
     require(reference_class is not None, "needs transformers (the reference tokenizer; a test dependency only)")
     basic = reference_class(str(write_vocab(tmp_path, TINY_VOCAB)), do_lower_case=True,
                             tokenize_chinese_chars=False).basic_tokenizer
-    every_char = "".join(chr(code) for code in range(sys.maxunicode + 1) if not 0xD800 <= code <= 0xDFFF)  # no surrogates
+    # Every code point but the surrogates.
+    every_char = "".join(chr(code) for code in range(sys.maxunicode + 1) if not 0xD800 <= code <= 0xDFFF)
     assert clean_text(every_char) == basic._clean_text(every_char)
     lowered = every_char.lower()
     assert strip_accents(lowered) == basic._run_strip_accents(lowered)
