@@ -630,7 +630,8 @@ def load_features(data_dir, task, split, vocab_file, do_lower_case, max_seq_leng
 # ----------------------------------------------------------------------------------------------------------------
 
 def make_batch(features, indices, pad_to=None, pad_multiple=8):
-    """Pad the examples at `indices` into a batch of int64 [B, T] tensors (plus labels [B] unless on test).
+    """Pad the examples at `indices` into a batch of int64 [B, T] tensors (plus labels [B] unless on test, and the
+    flat positions of the real tokens, token_index [N]).
 
     T = the longest example rounded up to `pad_multiple` (padding is masked, so results do not change, and
     tensor-core friendly shapes repeat more often), or exactly `pad_to` (Gated-BERT's gate needs max_seq_length).
@@ -657,6 +658,9 @@ def make_batch(features, indices, pad_to=None, pad_multiple=8):
         "input_ids": input_ids,
         "token_type_ids": (real & segment_b).long(),
         "attention_mask": real.long(),
+        # [N]: flat positions of the real tokens, for the model's packed layers; built here, on the host, so the
+        # model need not ask the GPU for it (a sync).
+        "token_index": real.flatten().nonzero().squeeze(1),
     }
     if features.labels is not None:
         batch["labels"] = features.labels[indices]

@@ -11,6 +11,11 @@ constant, which softmax cancels (its gradient is exactly zero); E_v is a per-tas
 is off. Both are kept, as in the paper and the released weights. With `our_attn` false the model is plain multi-task
 BERT (the "Shared" baseline of the BERT-and-PALs paper): one encoder, one head per task.
 
+Speed: the embeddings, projections, feed-forward layers and LayerNorms act on each token alone, so they run on the
+batch's real tokens only, packed into (N, H); only attention sees the padded (B, T) layout, where padding keys are
+masked. The results on real tokens are those of the padded computation, at a fraction of its FLOPs (GLUE batches
+padded to their longest sequence are about half padding).
+
 Parameter names are those of the pretrained checkpoints (Hugging Face's, which are Google's with `LayerNorm.weight/bias`
 for `gamma/beta`), the task embeddings and heads those of the original EmBERT code (`query_task_emb`, `classifier.N`),
 so every format loads through `load_pretrained` with a plain name mapping.
@@ -126,11 +131,34 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids):  # (B, T) -> (B, T, H)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        embeddings = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+    def forward(self, input_ids, token_type_ids, position_ids):  # any shape (...) -> (..., H)
+        embeddings = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
                       + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.LayerNorm(embeddings))
+
+
+@dataclass
+class TokenLayout:
+    """Where a batch's real tokens are. Packed (token_index given), hidden states are (N, H) over the N real tokens in
+    row-major order; padded (token_index None), they are (B, T, H). Attention always runs on (B, T)."""
+
+    key_mask: torch.Tensor  # (B, 1, 1, T) bool: True where a key may be attended
+    token_index: torch.Tensor | None  # (N,) int64: flat positions b * T + t of the real tokens
+    batch_size: int
+    seq_len: int
+
+    def pad(self, x):
+        """(N, C) -> (B, T, C), zeros at padding; the identity when not packed."""
+        if self.token_index is None:
+            return x
+        flat = x.new_zeros(self.batch_size * self.seq_len, x.shape[-1]).index_copy(0, self.token_index, x)
+        return flat.view(self.batch_size, self.seq_len, -1)
+
+    def pack(self, x):
+        """(B, T, ...) -> (N, ...); the identity when not packed."""
+        if self.token_index is None:
+            return x
+        return x.reshape(self.batch_size * self.seq_len, *x.shape[2:])[self.token_index]
 
 
 class BertSelfAttention(nn.Module):
@@ -150,7 +178,7 @@ class BertSelfAttention(nn.Module):
             self.value_task_emb = nn.Embedding(config.num_tasks, config.hidden_size)
 
     def project(self, hidden_states, task_id):
-        """Q, K and V of shape (B, T, H) each, from one fused matmul."""
+        """Q, K and V, each shaped as hidden_states (N, H) or (B, T, H), from one fused matmul."""
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])  # (3H,)
         if self.our_attn:
@@ -159,15 +187,15 @@ class BertSelfAttention(nn.Module):
                                      self.value_task_emb.weight[task_id]])
         return F.linear(hidden_states, weight, bias).chunk(3, dim=-1)
 
-    def forward(self, hidden_states, attention_mask, task_id):
-        """hidden_states (B, T, H), attention_mask (B, 1, 1, T) bool, True where a key may be attended."""
-        B, T, H = hidden_states.shape
-        q, k, v = (x.view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
+    def forward(self, hidden_states, layout, task_id):
+        """hidden_states (N, H) packed or (B, T, H) padded, as `layout` says; returns the same shape."""
+        B, T, H = layout.batch_size, layout.seq_len, hidden_states.shape[-1]
+        q, k, v = (layout.pad(x).view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)  # (B, nh, T, hs)
                    for x in self.project(hidden_states, task_id))
         # Masking with a boolean is exact: the original's additive -10000 underflows to a zero probability too.
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask,
                                                  dropout_p=self.dropout_prob if self.training else 0.0)
-        return context.transpose(1, 2).reshape(B, T, H)
+        return layout.pack(context.transpose(1, 2).reshape(B, T, H))
 
 
 class BertSelfOutput(nn.Module):
@@ -189,8 +217,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config, config.hidden_size)
 
-    def forward(self, hidden_states, attention_mask, task_id):
-        return self.output(self.self(hidden_states, attention_mask, task_id), hidden_states)
+    def forward(self, hidden_states, layout, task_id):
+        return self.output(self.self(hidden_states, layout, task_id), hidden_states)
 
 
 class BertIntermediate(nn.Module):
@@ -210,8 +238,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertSelfOutput(config, config.intermediate_size)
 
-    def forward(self, hidden_states, attention_mask, task_id):
-        attended = self.attention(hidden_states, attention_mask, task_id)
+    def forward(self, hidden_states, layout, task_id):
+        attended = self.attention(hidden_states, layout, task_id)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -220,9 +248,9 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden_states, attention_mask, task_id):
+    def forward(self, hidden_states, layout, task_id):
         for layer in self.layer:
-            hidden_states = layer(hidden_states, attention_mask, task_id)
+            hidden_states = layer(hidden_states, layout, task_id)
         return hidden_states
 
 
@@ -233,8 +261,8 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states):  # (B, T, H) -> (B, H)
-        return torch.tanh(self.dense(hidden_states[:, 0]))
+    def forward(self, first_token_states):  # (B, H) -> (B, H)
+        return torch.tanh(self.dense(first_token_states))
 
 
 class BertModel(nn.Module):
@@ -244,15 +272,27 @@ class BertModel(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
+        # Run the per-token layers on real tokens only (module docstring). Off for a model that reads the hidden
+        # states of padding positions (Gated-BERT's gate) or computes as the original did (bench.py).
+        self.pack_tokens = True
 
-    def forward(self, input_ids, token_type_ids, attention_mask, task_id=0):
-        """input_ids, token_type_ids, attention_mask (1 = token, 0 = padding): (B, T).
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id=0, token_index=None):
+        """input_ids, token_type_ids, attention_mask (1 = token, 0 = padding, real tokens first): (B, T).
+        token_index: the flat positions of the real tokens, attention_mask.flatten().nonzero() (B*T positions),
+        given by the caller to spare a device-to-host sync on CUDA (glue_processors.make_batch builds it).
 
-        Returns the last hidden states (B, T, H) and the pooled [CLS] output (B, H).
+        Returns the last hidden states (B, T, H) (zeros at padding when packed) and the pooled [CLS] output (B, H).
         """
-        key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T), broadcast over heads and queries
-        hidden_states = self.encoder(self.embeddings(input_ids, token_type_ids), key_mask, task_id)
-        return hidden_states, self.pooler(hidden_states)
+        B, T = input_ids.shape
+        if not self.pack_tokens:
+            token_index = None
+        elif token_index is None:
+            token_index = attention_mask.flatten().nonzero().squeeze(1)
+        layout = TokenLayout(attention_mask[:, None, None, :].bool(), token_index, B, T)
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        hidden_states = self.embeddings(layout.pack(input_ids), layout.pack(token_type_ids), layout.pack(positions))
+        hidden_states = layout.pad(self.encoder(hidden_states, layout, task_id))  # (B, T, H)
+        return hidden_states, self.pooler(hidden_states[:, 0])
 
 
 class BertForMultiTask(nn.Module):
@@ -276,9 +316,10 @@ class BertForMultiTask(nn.Module):
         self.classifier = nn.ModuleList(nn.Linear(config.hidden_size, n) for n in num_labels_per_task)
         self.apply(partial(init_weights, std=config.initializer_range))
 
-    def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None):
-        """Logits (B, num_labels of the task), and the loss when labels (B,) are given (else None)."""
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id)
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None):
+        """Logits (B, num_labels of the task), and the loss when labels (B,) are given (else None).
+        token_index: optional, see BertModel.forward."""
+        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index)
         logits = self.classifier[task_id](self.dropout(pooled))
         if labels is None:
             return logits, None

@@ -11,7 +11,8 @@ Differences from modeling.py (everything else is imported from it):
       K = X Wk + bk + ak1[t] Ak_t(X) + ak2[t] sum_{s != t} g_k[:, s] Ak_s(X)
       V = X Wv + bv + av[t] V_t(X)
   (the softmax runs over all tasks, own included; the own-task weight itself is not used).
-- Every batch must be padded to exactly `max_seq_length`; the gate layers start at zero (uniform gates).
+- Every batch must be padded to exactly `max_seq_length`, and every layer computes every position (no token
+  packing): the gate reads the hidden states of padding positions too. The gate layers start at zero.
 - `frozen_parameters` says which parameters each training phase leaves untouched, and `anneal_alpha` restarts the
   sampling temperature every phase (both used by run_multi_task_gated.py).
 Parameter names follow the original Gated-BERT code (`query_list`, `query_list2`, `key_list`, `key_list2`,
@@ -101,6 +102,7 @@ class BertForMultiTask(modeling.BertForMultiTask):
 
     def __init__(self, config, num_labels_per_task):
         super().__init__(config, num_labels_per_task)
+        self.bert.pack_tokens = False  # the gate reads every position's hidden states, padding included
         gated = GatedSelfAttention(self.config)
         gated.apply(partial(modeling.init_weights, std=self.config.initializer_range))
         for gate in (gated.weight_layer_q, gated.weight_layer_k):  # uniform gates at the start

@@ -280,7 +280,8 @@ def truncate_jsonl(path, global_step):
 
 def resolve_precision(name, device):
     if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        # Native bf16 only (Ampere and newer): a V100 emulates it, slower than fp32.
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     return name
 
 
@@ -313,7 +314,8 @@ def predict(model, features, task_id, batch_size, device, autocast_dtype=None, p
         batch = to_device(glue_processors.make_batch(features, order[start:start + batch_size], pad_to=pad_to,
                                                      pad_multiple=PAD_MULTIPLE), device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id)
+            logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                              token_index=batch["token_index"])
         logits_out[order_on_device[start:start + batch_size]] = logits.float()
     model.train(was_training)
     return logits_out.cpu()
@@ -392,12 +394,10 @@ def main(args, method):
     setup_logging(output_dir, is_main)
     tasks = args.tasks
     eval_splits = [(t, s) for t in tasks for s in TASKS[t].dev_splits] if args.do_eval else []
-    needed = ([(t, "train") for t in tasks] if args.do_train else []) + eval_splits
-    missing = [str(glue_processors.task_file(args.data_dir, t, s)) for t, s in needed
-               if not glue_processors.task_file(args.data_dir, t, s).is_file()]
+    missing = glue_processors.missing_files(args.data_dir, tasks, ["train"] * args.do_train + ["dev"] * args.do_eval)
     if missing:
         fail(f"--data_dir {args.data_dir} lacks {len(missing)} file(s) for --tasks {','.join(tasks)}: "
-             f"{', '.join(missing)}")
+             f"{', '.join(map(str, missing))}")
 
     try:
         config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
@@ -587,7 +587,7 @@ def main(args, method):
                     with (net.no_sync() if distributed and not last_micro else contextlib.nullcontext()), \
                             torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task,
-                                      batch["labels"])
+                                      batch["labels"], token_index=batch["token_index"])
                         loss = loss / args.gradient_accumulation_steps
                     scaler.scale(loss).backward()
                     tallies[task] += loss.detach()

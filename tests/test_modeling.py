@@ -270,6 +270,31 @@ def test_padding_changes_nothing(our_attn):
                     assert_close(logits[row], logits_1[0])
 
 
+@pytest.mark.parametrize("our_attn", [True, False])
+def test_packed_tokens_equal_the_padded_computation(our_attn):
+    """The per-token layers on real tokens only (the default) give what every position padded gives, gradients too;
+    a token_index passed by the caller equals the one the model would compute."""
+    packed = tiny_model(our_attn=our_attn)
+    padded = copy.deepcopy(packed)
+    padded.bert.pack_tokens = False
+    batch = make_batch([9, 4, 13], pad_to=16, seed=3)
+    labels = torch.tensor([0, 2, 1])
+    token_index = batch[2].flatten().nonzero().squeeze(1)
+    results = []
+    for model, index in ((packed, None), (packed, token_index), (padded, None)):
+        model.zero_grad()
+        hidden, pooled = model.bert(*batch, 1, token_index=index)
+        logits, loss = model(*batch, 1, labels, token_index=index)
+        loss.backward()
+        results.append((hidden[batch[2].bool()], pooled, logits, loss,
+                        *(p.grad.clone() for p in model.parameters() if p.grad is not None)))
+    for a, b, c in zip(*results, strict=True):
+        assert_close(a, b)
+        assert_close(a, c)
+    hidden, _ = packed.bert(*batch, 1)
+    assert not hidden[~batch[2].bool()].any()  # packed: nothing is computed at padding
+
+
 # ---------------------------------------------------------------------------------------------------- 6. original math
 
 @pytest.mark.parametrize("our_attn", [True, False])

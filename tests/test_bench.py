@@ -1,0 +1,252 @@
+"""bench.py: the benchmark compares equal math (the original's per-tensor BertAdam loop against optimization.BertAdam,
+the original's Gated-BERT attention against ours on the same weights), its FLOP count against SPEC 9, the GPU peak
+table, and a smoke run of every section (not timed: 2 warm-up + 2 timed steps of the tiny config on real GLUE rows).
+
+The original EmBERT attention against ours is tested in tests/test_modeling.py (test_sdpa_equals_original_attention).
+"""
+import copy
+import json
+
+import pytest
+import torch
+
+import bench
+import modeling
+import modeling_gated
+import optimization
+from conftest import fixture_glue_dir, minilm_dir, require
+
+# Odd tiny sizes (Google BERT's test style), so that a transposed or mixed-up dimension cannot go unnoticed.
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=64, our_attn=True)
+TINY_HEADS = [2, 3, 1]  # binary, 3-way, regression (as STS-B)
+LENGTHS = [12, 7, 9]  # real tokens per row: one full row, two padded
+GATED_LENGTH = 12  # the gated tiny model's max_seq_length: every batch is padded to it
+EQUAL_ATOL = 1e-5  # the same math by a different route (per-task loop against fused matmuls), fp32
+# SPEC 9: training BERT-base at length 128 costs about 0.52 GFLOP per token.
+BASE_GFLOP_PER_TOKEN = 0.52
+SPEC_ROUNDING = 0.01  # SPEC 9 gives two digits
+METRICS = ("steps_per_s", "sequences_per_s", "real_tokens_per_s", "real_tokens_per_batch", "padded_tokens_per_batch",
+           "model_tflops_per_s")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads (a busy machine's thread pool only slows them down); restored
+    afterwards for the other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def batch(lengths, width, seed=0):
+    """input_ids, token_type_ids, attention_mask (B, width) for rows of the given real lengths."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, TINY["vocab_size"], (len(lengths), width), generator=g)
+    mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+    segments = (torch.arange(width) >= torch.tensor(lengths)[:, None] // 2).long() * mask
+    return ids * mask, segments, mask
+
+
+def loss_of(model, task, labels, lengths=LENGTHS, width=GATED_LENGTH, scale=1.0):
+    return scale * model(*batch(lengths, width), task, labels=labels)[1]
+
+
+# ---------------------------------------------------------------------------------------------------- equal math
+
+def test_original_bert_adam_loop_equals_bert_adam():
+    torch.manual_seed(0)
+    model = modeling.BertForMultiTask(modeling.BertConfig(**TINY), TINY_HEADS).eval()  # no dropout: equal grads
+    twin = copy.deepcopy(model)
+    lr = 1e-2  # large, so that a wrong term moves the weights visibly
+    ours = optimization.BertAdam(optimization.param_groups(model), lr=lr)
+    loop = bench.OriginalBertAdam(optimization.param_groups(twin), lr=lr)
+    for step, task in enumerate((0, 2)):  # the second step: moments carried over, another task's head
+        labels = torch.tensor([0, 1, 1]) if task == 0 else torch.tensor([0.2, 0.9, 0.5])
+        for m, optimizer in ((model, ours), (twin, loop)):
+            # Scaled so that some tensors' gradient norms exceed 1 and the per-tensor clip acts.
+            loss_of(m, task, labels, scale=100.0).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=EQUAL_ATOL, rtol=0, msg=name)
+        assert bool(ours.state[a]) == bool(loop.state[b]), name  # task 1's head never had a gradient: skipped
+        if ours.state[a]:
+            torch.testing.assert_close(ours.state[a]["exp_avg"], loop.state[b]["next_m"], msg=name)
+            torch.testing.assert_close(ours.state[a]["exp_avg_sq"], loop.state[b]["next_v"], msg=name)
+    assert not ours.state[model.classifier[1].weight]
+
+
+def test_original_bert_adam_clips_each_tensor():
+    """One step from zero moments: update = (1 - b1) g' / (sqrt(1 - b2) |g'| + eps) with g' the clipped gradient."""
+    p = torch.nn.Parameter(torch.zeros(4))
+    optimizer = bench.OriginalBertAdam([p], lr=1.0, weight_decay=0.0)
+    p.grad = torch.tensor([30.0, 40.0, 0.0, 0.0])  # norm 50: clipped to norm 1
+    optimizer.step()
+    clipped = p.grad  # clipped in place, as the original
+    torch.testing.assert_close(clipped, torch.tensor([0.6, 0.8, 0.0, 0.0]), atol=1e-6, rtol=0)
+    b1, b2 = optimization.ADAM_BETAS
+    expected = -(1 - b1) * clipped / ((1 - b2) ** 0.5 * clipped.abs() + optimization.ADAM_EPS)
+    torch.testing.assert_close(p.detach(), expected)
+
+
+def gated_pair():
+    """A tiny Gated-BERT with non-zero gates and scalars (every gated term matters) and its original-math twin."""
+    torch.manual_seed(0)
+    config = modeling_gated.BertConfig(**TINY, hidden_size_aug=5, max_seq_length=GATED_LENGTH)
+    ours = modeling_gated.BertForMultiTask(config, TINY_HEADS).eval()
+    gated = ours.bert.encoder.layer[-1].attention.self
+    with torch.no_grad():
+        for gate in (gated.weight_layer_q, gated.weight_layer_k):
+            gate.weight.normal_(0.0, 0.1)
+        for name in ("q_1", "k_1", "q_2", "k_2", "v"):
+            getattr(gated, f"weight_task_emb_{name}").weight.uniform_(0.5, 1.5)
+    original = bench.use_original_attention(copy.deepcopy(ours))
+    switched = [type(layer.attention.self) for layer in original.bert.encoder.layer]
+    assert switched == [bench.OriginalSelfAttention, bench.OriginalGatedSelfAttention]  # not vacuous
+    return ours, original
+
+
+@pytest.mark.parametrize("task,labels", [(1, [0, 2, 1]), (2, [0.2, 0.9, 0.5])])
+def test_original_gated_attention_equals_ours(task, labels):
+    ours, original = gated_pair()
+    labels = torch.tensor(labels)
+    outputs = {}
+    for name, model in (("ours", ours), ("original", original)):
+        inputs = batch(LENGTHS, GATED_LENGTH)
+        hidden, pooled = model.bert(*inputs, task)
+        logits, loss = model(*inputs, task, labels=labels)
+        loss.backward()
+        outputs[name] = hidden[inputs[2].bool()], pooled, logits, loss
+    for a, b in zip(outputs["ours"], outputs["original"]):
+        torch.testing.assert_close(a, b, atol=EQUAL_ATOL, rtol=0)
+    grads = dict(original.named_parameters())
+    for name, param in ours.named_parameters():
+        if param.grad is None:
+            assert grads[name].grad is None, name
+        else:
+            torch.testing.assert_close(param.grad, grads[name].grad, atol=EQUAL_ATOL, rtol=0, msg=name)
+
+
+def test_original_attention_masks_padding_keys():
+    """Changing padded tokens changes nothing of the original's attention on real tokens."""
+    torch.manual_seed(0)
+    model = bench.use_original_attention(modeling.BertForMultiTask(modeling.BertConfig(**TINY), TINY_HEADS)).eval()
+    ids, segments, mask = batch(LENGTHS, GATED_LENGTH)
+    noisy = torch.where(mask.bool(), ids, torch.randint_like(ids, 1, TINY["vocab_size"]))
+    a, b = model.bert(ids, segments, mask, 0)[0], model.bert(noisy, segments, mask, 0)[0]
+    torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=EQUAL_ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- FLOPs, peaks
+
+def test_flops_match_spec_anchor_for_bert_base():
+    config = modeling.BertConfig.from_json_file(bench.CONFIG_FILES["base"])
+    with torch.device("meta"):  # sizes only: no memory, no initialisation cost
+        model = modeling.BertForMultiTask(config, [2] * len(bench.BENCH_TASKS))
+    flops = bench.FlopModel.of(model)
+    full = torch.tensor([bench.MAX_SEQ_LENGTH])
+    per_token = flops.batch_flops(0, full, training=True) / bench.MAX_SEQ_LENGTH
+    assert per_token / 1e9 == pytest.approx(BASE_GFLOP_PER_TOKEN, abs=SPEC_ROUNDING / 2)
+    assert flops.batch_flops(0, full, training=False) == pytest.approx(flops.batch_flops(0, full, True) / 3)
+    # Padding is not counted: two sequences of 64 tokens cost less than one of 128 (attention is quadratic).
+    assert flops.batch_flops(0, torch.tensor([64, 64]), True) < flops.batch_flops(0, full, True)
+
+
+def test_gated_flops_count_own_value_adapter_only():
+    config = modeling_gated.BertConfig(**TINY, hidden_size_aug=5, max_seq_length=GATED_LENGTH)
+    model = modeling_gated.BertForMultiTask(config, TINY_HEADS)
+    embert = modeling.BertForMultiTask(modeling.BertConfig(**TINY), TINY_HEADS)
+    gated, flops = model.bert.encoder.layer[-1].attention.self, bench.FlopModel.of(model)
+    adapters = sum(p.numel() for lists in (gated.query_list, gated.query_list2, gated.key_list, gated.key_list2)
+                   for p in lists.parameters())
+    value = sum(p.numel() for p in gated.value_list[0].parameters())
+    # Every task's query/key adapters run on every token, only the batch's own value adapter does.
+    assert flops.per_token == bench.FlopModel.of(embert).per_token + adapters + value
+    gates = sum(p.numel() for gate in (gated.weight_layer_q, gated.weight_layer_k) for p in gate.parameters())
+    assert flops.per_sequence[0] == bench.FlopModel.of(embert).per_sequence[0] + gates
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
+    ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A100 80GB PCIe", 312.0),
+    ("Tesla V100-SXM2-16GB", 125.0), ("Tesla V100-PCIE-32GB", 112.0), ("Tesla V100S-PCIE-32GB", 130.0)])
+def test_peak_table(name, peak):
+    assert bench.lookup_peak(name)[0] == peak
+
+
+def test_unknown_gpu_has_no_peak():
+    assert bench.lookup_peak("NVIDIA GeForce GTX 1080") is None
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+
+def test_draws_are_reproducible_and_follow_the_sampler():
+    sizes = [8551, 3668, 2490, 5749, 67349]  # CoLA, MRPC, RTE, STS-B, SST-2 train (SPEC 3)
+    draws = bench.draw_batches(sizes, 40, seed=1, anneal_alpha=bench.multitask.embert_alpha)
+    again = bench.draw_batches(sizes, 40, seed=1, anneal_alpha=bench.multitask.embert_alpha)
+    assert [(d.task, d.epoch, d.indices.tolist()) for d in draws] == [(d.task, d.epoch, d.indices.tolist())
+                                                                      for d in again]
+    assert [d.epoch for d in draws] == sorted(d.epoch for d in draws)  # spread over the run, in order
+    assert draws[0].epoch == 0 and draws[-1].epoch == bench.SEED_RUN_EPOCHS - 1
+    for d in draws:
+        assert d.indices.shape == (bench.BATCH_SIZE,) and int(d.indices.max()) < sizes[d.task]
+        assert len(set(d.indices.tolist())) == bench.BATCH_SIZE  # one pass: no example twice in a batch
+
+
+def test_padded_width():
+    assert bench.padded_width(torch.tensor([3, 17, 9]), None) == 24  # longest, rounded up to PAD_MULTIPLE
+    assert bench.padded_width(torch.tensor([3, 17, 9]), 128) == 128
+
+
+# ---------------------------------------------------------------------------------------------------- smoke run
+
+def test_smoke_every_section(tmp_path, capsys):
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        require(False, "needs transformers for path (3): pip install -r requirements-dev.txt")
+    vocab = minilm_dir() / "vocab.txt"
+    out = tmp_path / "bench.json"
+    report = bench.main(["--device", "cpu", "--model", "tiny", "--warmup", "2", "--steps", "2", "--repeats", "1",
+                         "--sections", ",".join(bench.SECTIONS), "--eval_examples", "16", "--eval_batch_size", "8",
+                         "--data_dir", str(fixture_glue_dir()), "--vocab_file", str(vocab),
+                         "--cache_dir", str(tmp_path / "cache"), "--workers", "2", "--profile", "1",
+                         "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    for section, paths in (("train", ("ours", "original", "transformers")),
+                           ("fwdbwd", ("ours", "original", "transformers")),
+                           ("eval", ("ours", "original", "transformers")), ("gated", ("ours", "original"))):
+        assert set(saved[section]["paths"]) == set(paths), section
+        for name in paths:
+            for metric in METRICS:
+                assert saved[section]["paths"][name][metric] > 0, (section, name, metric)
+            assert saved[section]["paths"][name]["mfu"] is None  # CPU: no peak
+        assert set(saved[section]["ratios"]) == {f"ours/{p}" for p in paths if p != "ours"}
+        assert all(r > 0 for r in saved[section]["ratios"].values())
+    # Padding: the original computes on 128 columns, ours on the longest example rounded up.
+    train = saved["train"]["paths"]
+    assert train["original"]["padded_tokens_per_batch"] == bench.BATCH_SIZE * bench.MAX_SEQ_LENGTH
+    assert train["ours"]["padded_tokens_per_batch"] <= train["original"]["padded_tokens_per_batch"]
+    assert train["ours"]["real_tokens_per_batch"] == train["original"]["real_tokens_per_batch"]
+    assert saved["gated"]["paths"]["ours"]["padded_tokens_per_batch"] == bench.BATCH_SIZE * bench.MAX_SEQ_LENGTH
+    assert all(v > 0 for v in saved["train"]["pipeline_us"].values())
+    assert saved["projection"]["hours"]["ours"] > 0
+    for statistics in saved["padding"].values():  # the timed batches and a large sample of the run's
+        assert 0 < statistics["real_tokens_per_batch"] <= statistics["padded_to_longest_tokens_per_batch"]
+    assert saved["profile"]["top_ops"] and saved["profile"]["phases_cpu_ms_per_step"]
+    data = saved["data"]
+    assert data["examples"] > 0 and data["parallel_speedup"] > 0 and data["files"]
+    assert all(seconds > 0 for seconds in data["cached_load_s_per_task"].values())
+    assert saved["device"] == "cpu" and saved["model"] == "tiny" and saved["config"]["num_hidden_layers"] == 2
+    printed = capsys.readouterr().out
+    for title in ("== train: one optimizer step ==", "== forward+backward (no optimizer) ==", "== data: "):
+        assert title in printed
+
+
+def test_bad_sections_flag_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sections", "train,speed"])
+    assert "--sections: unknown speed" in capsys.readouterr().err

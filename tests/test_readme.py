@@ -1,0 +1,44 @@
+"""Every script command in the README parses with the script's own argument parser (flags exist, values are valid),
+and the README holds the install and test blocks that .ci/run executes."""
+import re
+import shlex
+
+import pytest
+
+import multitask
+import run_multi_task
+import run_multi_task_gated
+import run_test_multi_task
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+PARSERS = {
+    "run_multi_task.py": lambda argv: multitask.parse_args(run_multi_task.__doc__, argv),
+    "run_multi_task_gated.py": lambda argv: multitask.parse_args(run_multi_task_gated.__doc__, argv),
+    "run_test_multi_task.py": run_test_multi_task.parse_args,
+}
+
+
+def readme_commands():
+    """(script, argv) of every `python <script>` line of the README's shell blocks, continuations joined."""
+    commands = []
+    for block in re.findall(r"```shell\n(.*?)```", README, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split("#")[0])
+            if len(words) > 1 and words[0] == "python" and words[1] in PARSERS:
+                # Shell variables stand for paths: any value parses the same.
+                commands.append((words[1], [re.sub(r"\$\(.*\)|\$\w+", "X", w) for w in words[2:]]))
+    return commands
+
+
+@pytest.mark.parametrize("script, argv", readme_commands(), ids=lambda value: str(value)[:40])
+def test_readme_command_parses(script, argv):
+    PARSERS[script](argv)
+
+
+def test_readme_has_the_seed_commands_and_the_ci_blocks():
+    scripts = [script for script, _ in readme_commands()]
+    assert scripts.count("run_multi_task.py") >= 2 and "run_multi_task_gated.py" in scripts
+    assert "run_test_multi_task.py" in scripts
+    for name in ("install", "test"):
+        assert re.search(rf"<!-- ci:{name} -->\n```shell\n.+\n```\n<!-- /ci:{name} -->", README)
