@@ -59,3 +59,14 @@ def minilm_embert_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "minilm_embert.json"
     path.write_text(json.dumps({**config, "our_attn": True}))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module of tiny tensors: a thread pool only adds waiting to them (and a busy
+    machine's pool waits for its slowest thread). Restored afterwards for the other modules."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

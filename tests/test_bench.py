@@ -16,6 +16,8 @@ import modeling_gated
 import optimization
 from conftest import fixture_glue_dir, minilm_dir, require
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
+
 # Odd tiny sizes (Google BERT's test style), so that a transposed or mixed-up dimension cannot go unnoticed.
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, our_attn=True)
@@ -28,16 +30,6 @@ BASE_GFLOP_PER_TOKEN = 0.52
 SPEC_ROUNDING = 0.01  # SPEC 9 gives two digits
 METRICS = ("steps_per_s", "sequences_per_s", "real_tokens_per_s", "real_tokens_per_batch", "padded_tokens_per_batch",
            "model_tflops_per_s")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads (a busy machine's thread pool only slows them down); restored
-    afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def batch(lengths, width, seed=0):

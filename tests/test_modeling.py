@@ -21,6 +21,8 @@ import bench
 from conftest import ROOT, minilm_dir, require
 from modeling import BertConfig, BertForMultiTask, count_parameters, load_pretrained
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
+
 # ---------------------------------------------------------------------------------------------------- shared helpers
 
 # Heads of the eight GLUE tasks in task-id order (SPEC 3): STS-B (task 4) is the 1-output regression head.
@@ -51,16 +53,6 @@ GOLDEN_ATOL = 1e-4  # the golden values are written to 5 decimals
 CLS_ID, SEP_ID, FIRST_WORDPIECE_ID = 101, 102, 1996
 
 EQUAL_ATOL = 1e-5  # two fp32 computations of the same math (different kernels or summation orders)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine the thread pool's waiting made this file
-    three times slower (30 s instead of 10 s on 2 shared cores); restored afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides):

@@ -17,8 +17,11 @@ import torch.nn.functional as F
 import modeling
 import optimization
 from conftest import ROOT
+from test_modeling import assert_std, bert_checkpoint
 from modeling import count_parameters, load_pretrained
 from modeling_gated import BertConfig, BertForMultiTask, GatedSelfAttention, anneal_alpha, frozen_parameters
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
 
 # ---------------------------------------------------------------------------------------------------- shared helpers
 
@@ -51,16 +54,6 @@ SENSITIVE_INIT_STD = 0.1
 CLEAR_CHANGE = 1000 * EQUAL_ATOL  # an output change this large is an effect, not rounding
 # Per-task scalars drawn from [0.5, 1.5]: away from zero, so every gated term visibly matters.
 SCALAR_LOW, SCALAR_HIGH = 0.5, 1.5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads (a busy machine's thread pool only slows them down); restored
-    afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides):
@@ -354,19 +347,6 @@ def test_zero_gates_learn_from_phase_1(optimizer_name):
 
 # ---------------------------------------------------------------------------------------------------- 6. init
 
-INIT_STD = 0.02  # SPEC 5.4, the config's initializer_range
-# n normal draws estimate the std with a relative standard error of 1 / sqrt(2 n) and the mean with std / sqrt(n);
-# allow 5 of them. Even the 15 scalars together then reject torch's defaults (nn.Embedding's is N(0, 1); nn.Linear's
-# uniform init has std 1 / sqrt(3 fan_in), 0.10 at fan_in 32 and 0.26 at rank 5).
-STANDARD_ERRORS = 5
-
-
-def assert_std(values, name):
-    n = values.numel()
-    assert values.std().item() == pytest.approx(INIT_STD, rel=STANDARD_ERRORS / math.sqrt(2 * n)), name
-    assert abs(values.mean().item()) < STANDARD_ERRORS * INIT_STD / math.sqrt(n), name
-
-
 def test_initialisation():
     model = tiny_model()
     attention = gated_layer(model)
@@ -411,43 +391,15 @@ def test_checkpoint_for_another_max_seq_length_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------------- 8. checkpoints
 
 def original_gated_checkpoint(config, num_labels_per_task, seed=0):
-    """Random weights of the original Gated-BERT code's BertForMultiTask, under its own names (SPEC 5.5): `bert.`
-    prefix, LayerNorm gamma/beta, task embeddings in layers 0..L-2, the gated parts in layer L-1, heads."""
-    H, I, r, S = config.hidden_size, config.intermediate_size, config.hidden_size_aug, len(num_labels_per_task)
+    """Random weights of the original Gated-BERT code's BertForMultiTask, under its own names (SPEC 5.5): the BERT
+    encoder as the original EmBERT code names it (`bert.` prefix, LayerNorm gamma/beta), task embeddings in layers
+    0..L-2, the gated parts in layer L-1, heads."""
+    H, r, S = config.hidden_size, config.hidden_size_aug, len(num_labels_per_task)
     last = config.num_hidden_layers - 1
-    shapes = {
-        "bert.embeddings.word_embeddings.weight": (config.vocab_size, H),
-        "bert.embeddings.position_embeddings.weight": (config.max_position_embeddings, H),
-        "bert.embeddings.token_type_embeddings.weight": (config.type_vocab_size, H),
-        "bert.embeddings.LayerNorm.gamma": (H,),
-        "bert.embeddings.LayerNorm.beta": (H,),
-    }
-    for n in range(config.num_hidden_layers):
-        layer = f"bert.encoder.layer.{n}"
-        shapes.update({
-            f"{layer}.attention.self.query.weight": (H, H),
-            f"{layer}.attention.self.query.bias": (H,),
-            f"{layer}.attention.self.key.weight": (H, H),
-            f"{layer}.attention.self.key.bias": (H,),
-            f"{layer}.attention.self.value.weight": (H, H),
-            f"{layer}.attention.self.value.bias": (H,),
-            f"{layer}.attention.output.dense.weight": (H, H),
-            f"{layer}.attention.output.dense.bias": (H,),
-            f"{layer}.attention.output.LayerNorm.gamma": (H,),
-            f"{layer}.attention.output.LayerNorm.beta": (H,),
-            f"{layer}.intermediate.dense.weight": (I, H),
-            f"{layer}.intermediate.dense.bias": (I,),
-            f"{layer}.output.dense.weight": (H, I),
-            f"{layer}.output.dense.bias": (H,),
-            f"{layer}.output.LayerNorm.gamma": (H,),
-            f"{layer}.output.LayerNorm.beta": (H,),
-        })
-        if n < last:
-            shapes.update({
-                f"{layer}.attention.self.query_task_emb.weight": (S, H),
-                f"{layer}.attention.self.key_task_emb.weight": (S, H),
-                f"{layer}.attention.self.value_task_emb.weight": (S, H),
-            })
+    shapes = {}
+    for n in range(last):
+        shapes.update({f"bert.encoder.layer.{n}.attention.self.{name}_task_emb.weight": (S, H)
+                       for name in ("query", "key", "value")})
     gated = f"bert.encoder.layer.{last}.attention.self"
     for s in range(S):
         shapes.update({
@@ -472,14 +424,13 @@ def original_gated_checkpoint(config, num_labels_per_task, seed=0):
         f"{gated}.weight_task_emb_q_2.weight": (S, 1),
         f"{gated}.weight_task_emb_k_2.weight": (S, 1),
         f"{gated}.weight_task_emb_v.weight": (S, 1),
-        "bert.pooler.dense.weight": (H, H),
-        "bert.pooler.dense.bias": (H,),
     })
     for task, labels in enumerate(num_labels_per_task):
         shapes[f"classifier.{task}.weight"] = (labels, H)
         shapes[f"classifier.{task}.bias"] = (labels,)
     g = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    return {**bert_checkpoint(config, "bert.", "old", seed),
+            **{name: torch.randn(shape, generator=g) for name, shape in shapes.items()}}
 
 
 def test_original_gated_checkpoint_loads(tmp_path):

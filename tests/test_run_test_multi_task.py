@@ -26,6 +26,8 @@ import run_test_multi_task
 from conftest import fixture_glue_dir, minilm_dir, shared_glue_dir
 from glue_processors import ALL_TASKS, TASKS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
+
 # A tiny encoder over MiniLM's real vocabulary (bert-base-uncased, 30522 tokens); odd sizes, as Google BERT's tests.
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=128, our_attn=True)
@@ -51,16 +53,6 @@ ABSENT_FROM_SHARED = ("MNLI-m.tsv", "MNLI-mm.tsv", "QQP.tsv")
 # rounding (far below FLOAT_NOISE).
 FLOAT_NOISE = 1e-5
 STS_TOLERANCE = 0.5 * 10 ** -run_test_multi_task.STS_DECIMALS + FLOAT_NOISE
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on 2 busy cores the thread pool's waiting made the training
-    runs 3 to 20 times slower. Restored afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
