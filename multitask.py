@@ -381,8 +381,7 @@ def main(args, method):
     output_dir = Path(args.output_dir)
     checkpoint_path = output_dir / LAST_CHECKPOINT
     resuming = args.resume and checkpoint_path.is_file()
-    if (output_dir.is_dir() and any(output_dir.iterdir()) and not args.resume and not args.overwrite_output_dir
-            and args.do_train):
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.resume and not args.overwrite_output_dir:
         fail(f"--output_dir {output_dir} is not empty: pass --resume to continue that run or --overwrite_output_dir")
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -495,9 +494,13 @@ def main(args, method):
         scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
         global_step, best_score = state["global_step"], state["best_score"]
-        torch.set_rng_state(state["rng"][rank]["cpu"])
-        if use_cuda and state["rng"][rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"][rank]["cuda"])
+        if len(state["rng"]) == world_size:  # the dropout streams continue exactly
+            torch.set_rng_state(state["rng"][rank]["cpu"])
+            if use_cuda and state["rng"][rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(state["rng"][rank]["cuda"])
+        else:
+            logger.warning(f"resuming {len(state['rng'])} process(es)' run with {world_size}: same data and tasks, "
+                           "new dropout random streams")
         if is_main:
             truncate_jsonl(output_dir / TRAIN_LOG, global_step)
             truncate_jsonl(output_dir / EVAL_LOG, global_step)

@@ -89,6 +89,10 @@ def test_output_directory_is_not_overwritten(tmp_path, tiny_config):
     (out / "results.txt").write_text("a previous run")
     with pytest.raises(SystemExit, match="is not empty: pass --resume .* or --overwrite_output_dir"):
         run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2))
+    evaluate_only = [a for a in tiny_command(out, tiny_config, tmp_path / "cache", "--do_eval") if a != "--do_train"]
+    with pytest.raises(SystemExit, match="is not empty"):  # evaluating into a run's directory would clobber its logs
+        run(evaluate_only)
+    assert [p.name for p in out.iterdir()] == ["results.txt"]
 
 
 def test_train_without_eval_keeps_the_final_model(tmp_path, tiny_config):
