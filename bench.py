@@ -666,8 +666,8 @@ def train_sections(args, setting, config, timed_draws, warmup_draws, peak):
             for draw in warmup_draws + timed_draws:
                 train_runners[-1].train_step(draw)
             warmed = dynamo_counts()
-        print(f"\ntimed: train ({len(train_runners)} paths x {args.repeats} rounds x {len(timed_draws)} steps)",
-              flush=True)
+        print(f"\n{time.strftime('%H:%M:%S')} timed: train ({len(train_runners)} paths x {args.repeats} rounds x "
+              f"{len(timed_draws)} steps)", flush=True)
         seconds = timed_rounds(train_runners, warmup_draws, timed_draws, args.repeats, setting.device,
                                lambda runner, draw: runner.train_step(draw))
         results["train"] = summarize(seconds, training_work(train_runners, timed_draws, setting, flops))
@@ -683,8 +683,8 @@ def train_sections(args, setting, config, timed_draws, warmup_draws, peak):
                 "graph_breaks": warmed["graph_breaks"] - before["graph_breaks"],
                 "frames_compiled_while_timed": after["frames"] - warmed["frames"]}
     if "fwdbwd" in args.sections:
-        print(f"timed: forward+backward ({len(runners)} paths x {args.repeats} rounds x {len(timed_draws)} steps)",
-              flush=True)
+        print(f"{time.strftime('%H:%M:%S')} timed: forward+backward ({len(runners)} paths x {args.repeats} rounds x "
+              f"{len(timed_draws)} steps)", flush=True)
         seconds = timed_rounds(runners, warmup_draws, timed_draws, args.repeats, setting.device,
                                lambda runner, draw: runner.forward_backward(draw))
         results["fwdbwd"] = summarize(seconds, training_work(runners, timed_draws, setting, flops))
@@ -707,7 +707,7 @@ def eval_section(args, setting, runners, flops, peak):
             keep = torch.randperm(len(features), generator=generator)[:args.eval_examples].sort().values
             features = subset_features(features, keep)  # in file order: the original evaluated in file order
         eval_sets.append((t, features))
-    print(f"timed: eval ({len(runners)} paths x {args.repeats} rounds x "
+    print(f"{time.strftime('%H:%M:%S')} timed: eval ({len(runners)} paths x {args.repeats} rounds x "
           f"{sum(len(f) for _, f in eval_sets)} dev examples)", flush=True)
     # One timed item = every task's set; the warm-up item = the first task's.
     seconds = timed_rounds(runners, [eval_sets[:1]], [eval_sets], args.repeats, setting.device,
@@ -731,7 +731,8 @@ def gated_section(args, setting, config, peak):
     original_model = copy.deepcopy(model)
     runners = [ours_runner(model, setting, pad_to=MAX_SEQ_LENGTH, frozen_parameters=modeling_gated.frozen_parameters),
                original_runner(original_model, setting, frozen_parameters=modeling_gated.frozen_parameters)]
-    print(f"timed: gated train (2 paths x {args.repeats} rounds x {len(timed)} steps)", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} timed: gated train (2 paths x {args.repeats} rounds x {len(timed)} steps)",
+          flush=True)
     seconds = timed_rounds(runners, warmup, timed, args.repeats, setting.device,
                            lambda runner, draw: runner.train_step(draw))
     section = summarize(seconds, training_work(runners, timed, setting, FlopModel.of(model)))
@@ -1033,6 +1034,17 @@ def main(argv=None):
           f"transformers {transformers_version}; batch {BATCH_SIZE}, tasks {','.join(BENCH_TASKS)}; "
           f"{args.warmup} warm-up + {args.repeats} x {args.steps} timed steps")
 
+    titles = {"train": "train: one optimizer step", "fwdbwd": "forward+backward (no optimizer)",
+              "eval": f"eval: forward only, batch {args.eval_batch_size}", "gated": "Gated-BERT train: one step"}
+
+    def report_sections(*keys):
+        """Print what a section measured as soon as it is done, and write every number so far to --json (a run
+        cut short still leaves its finished sections)."""
+        for key in keys:
+            if key in report:
+                print_section(titles[key], report[key], device)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
     timed_sections = [s for s in args.sections if s != "data"]
     if timed_sections:
         train_sets = [load_features(args.data_dir, t, "train", args.vocab_file, True, MAX_SEQ_LENGTH,
@@ -1046,22 +1058,20 @@ def main(argv=None):
         report["padding"] = {"timed_batches": padding_statistics(train_sets, timed),
                              f"{REFERENCE_DRAWS}_batches_over_the_run": padding_statistics(
                                  train_sets, draw_batches(sizes, REFERENCE_DRAWS, args.seed, multitask.embert_alpha))}
+        print(f"\nresults: {args.model} on {device_name}, {precision}; medians of {args.repeats} rounds; "
+              f"ours/path = how many times faster path (1) is")
         if {"train", "fwdbwd", "eval"} & set(args.sections) or args.profile:
             report.update(train_sections(args, setting, config, timed, warmup, peak))
+            if "train" in report:
+                report["projection"] = projection(report)
+            report_sections("train", "fwdbwd", "eval")
         if "gated" in args.sections:
             report["gated"] = gated_section(args, setting, config, peak)
-        if "train" in report:
-            report["projection"] = projection(report)
+            report_sections("gated")
     if "data" in args.sections:
         report["data"] = data_section(args)
 
-    titles = {"train": "train: one optimizer step", "fwdbwd": "forward+backward (no optimizer)",
-              "eval": f"eval: forward only, batch {args.eval_batch_size}", "gated": "Gated-BERT train: one step"}
-    print(f"\nresults: {args.model} on {device_name}, {precision}; medians of {args.repeats} rounds; "
-          f"ours/path = how many times faster path (1) is")
-    for key, title in titles.items():
-        if key in report:
-            print_section(title, report[key], device)
+    print()
     if "compile" in report.get("train", {}):
         print(f"torch.compile: {report['train']['compile']}")
     if "pipeline_us" in report.get("train", {}):
@@ -1075,7 +1085,7 @@ def main(argv=None):
         hours = report["projection"]["hours"]
         print(f"seed run ({SEED_RUN_STEPS} steps): " + ", ".join(f"{k} {v:.1f} h" for k, v in hours.items())
               + f" (SPEC 9: the original on a V100 ~{report['projection']['original_v100_fp32_hours_spec9']:.0f} h)")
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    report_sections()
     print(f"wrote {args.json}")
     return report
 

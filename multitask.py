@@ -258,7 +258,20 @@ def write_atomic(path, write):
         tmp.unlink(missing_ok=True)
 
 
+def cpu_copy(obj):
+    """`obj` with every tensor in its dicts, lists and tuples on the CPU: files written from a GPU run then load on
+    any machine without map_location."""
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
 def save_torch(obj, path):
+    obj = cpu_copy(obj)
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
