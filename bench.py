@@ -563,10 +563,11 @@ def timed_rounds(runners, warmup, timed, repeats, device, run):
     return seconds
 
 
-def summarize(seconds, per_round, reference="ours"):
+def summarize(seconds, per_round, references=("ours", "ours_compiled")):
     """Per path: throughputs of the median round (the headline), and of the "best" round made of each item's fastest
-    time over the rounds (the least disturbed estimate on a busy machine); each path's speed relative to `reference`
-    (median of the per-round ratios, and the ratio of the best rounds). `seconds` = {path: [[s per item] per round]};
+    time over the rounds (the least disturbed estimate on a busy machine); how many times faster each of our paths
+    (`references`) is than each other path (median of the per-round ratios, and the ratio of the best rounds), as
+    "ours/original". `seconds` = {path: [[s per item] per round]};
     `per_round` = {path: {"steps", "sequences", "real_tokens", "padded_tokens", "flops"}} of one round, flops being
     the model FLOPs (module docstring)."""
     paths = {}
@@ -587,10 +588,10 @@ def summarize(seconds, per_round, reference="ours"):
             "model_tflops_per_s": work["flops"] / median / 1e12,
         }
     ratios, best_ratios = {}, {}
-    if reference in paths:
+    for reference in (r for r in references if r in paths):
         ours = paths[reference]
         for name, path in paths.items():
-            if name != reference:
+            if name not in references:
                 ratios[f"{reference}/{name}"] = statistics.median(
                     other / mine for mine, other in zip(ours["seconds_per_round"], path["seconds_per_round"]))
                 best_ratios[f"{reference}/{name}"] = path["best_round_seconds"] / ours["best_round_seconds"]
@@ -658,7 +659,7 @@ def train_sections(args, setting, config, timed_draws, warmup_draws, peak):
         train_runners = list(runners)
         if args.compile:
             compiled_model = copy.deepcopy(model)
-            compiled_model.bert.compile()  # as multitask.main --compile: in place, the encoder only
+            multitask.compile_encoder(compiled_model, device=setting.device)  # as run_multi_task.py --compile
             train_runners.append(ours_runner(compiled_model, setting, name="ours_compiled"))
             before = dynamo_counts()
             print("compiling path (1): warm-up over every timed batch, so each batch width compiles before timing",
@@ -904,6 +905,10 @@ def print_section(title, section, device):
               f"{p['sequences_per_s']:>9.1f}{p['real_tokens_per_s']:>11.0f}{p['real_tokens_per_batch']:>11.0f}"
               f"{p['padded_tokens_per_batch']:>13.0f}{flops:>9.2f}{mfu:>7}"
               f"{f'{ratio:.2f}x' if ratio else '':>11}{f'{best:.2f}x' if best else '':>8}")
+    compiled = [f"{key.split('/')[1]} {ratio:.2f}x (best {section['ratios_best'][key]:.2f}x)"
+                for key, ratio in section["ratios"].items() if key.startswith("ours_compiled/")]
+    if compiled:
+        print("ours_compiled is faster than: " + ", ".join(compiled))
 
 
 def projection(results):

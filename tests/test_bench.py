@@ -192,6 +192,16 @@ def test_padded_width():
     assert bench.padded_width(torch.tensor([3, 17, 9]), 128) == 128
 
 
+def test_ratios_are_ours_and_ours_compiled_against_every_other_path():
+    seconds = {"ours": [[1.0, 1.0], [2.0, 2.0]], "ours_compiled": [[0.5, 0.5], [0.5, 0.5]],
+               "original": [[4.0, 4.0], [4.0, 6.0]]}
+    work = {"steps": 2, "sequences": 64, "real_tokens": 100, "padded_tokens": 200, "flops": 1e12}
+    section = bench.summarize(seconds, {name: work for name in seconds})
+    assert section["ratios"] == {"ours/original": pytest.approx(3.25), "ours_compiled/original": pytest.approx(9.0)}
+    # best rounds: each batch's fastest time (ours 1 + 1, original 4 + 4, compiled 0.5 + 0.5)
+    assert section["ratios_best"] == {"ours/original": 4.0, "ours_compiled/original": 8.0}
+    assert section["paths"]["ours"]["steps_per_s"] == pytest.approx(2 / 3)  # the median of 2 and 4 seconds
+
 # ---------------------------------------------------------------------------------------------------- smoke run
 
 def test_smoke_every_section(tmp_path, capsys):
@@ -242,3 +252,4 @@ def test_bad_sections_flag_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--sections", "train,speed"])
     assert "--sections: unknown speed" in capsys.readouterr().err
+

@@ -8,10 +8,8 @@ test_run_multi_task.py checks DDP's math over gloo.
 """
 import copy
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -25,6 +23,7 @@ import run_multi_task_gated
 import run_test_multi_task
 from conftest import ROOT, fixture_glue_dir, minilm_dir
 from glue_processors import load_features, make_batch
+from test_run_multi_task import interrupt_at_step, read_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICE = torch.device("cuda")
@@ -38,6 +37,8 @@ MAX_SEQ_LENGTH = 128
 FP32_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 # Relative error ||low - fp32|| / ||fp32|| of the logits under autocast: bf16 keeps 8 mantissa bits, fp16 11.
 AUTOCAST_REL_ERROR = {torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# Per-step losses of a bf16 run against an fp32 run from the same start over 60 steps: bf16's rounding, compounded.
+BF16_LOSS_TOLERANCE = 5e-2
 
 
 def real_batch(task, size=16, pad_to=None):
@@ -113,6 +114,24 @@ def test_packed_equals_padded_on_cuda():
         torch.testing.assert_close(a[2][name], grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_compiled_encoder_with_cuda_graphs_equals_eager():
+    """multitask.compile_encoder (--compile): the graphs' logits and gradients are eager's, in fp32, over three
+    passes of three batch widths (the first pass compiles, the second records the graphs, the third replays them)."""
+    device = DEVICE
+    eager = build(modeling).to(device)
+    compiled = copy.deepcopy(eager)
+    multitask.compile_encoder(compiled, device)
+    batches = [(real_batch(task), task_id) for task, task_id in (("rte", 0), ("cola", 1), ("sts", 2))]
+    assert len({b["input_ids"].shape[1] for b, _ in batches}) == 3
+    for _ in range(3):
+        for batch, task_id in batches:
+            expected, got = (forward_backward(m, batch, task_id, device) for m in (eager, compiled))
+            torch.testing.assert_close(got[0], expected[0], **FP32_TOLERANCE)
+            for name, grad in expected[2].items():
+                torch.testing.assert_close(got[2][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
 def test_fused_adamw_equals_the_foreach_kernel():
     device = DEVICE
     fused_model = build(modeling).to(device)
@@ -132,11 +151,11 @@ def test_fused_adamw_equals_the_foreach_kernel():
 
 # ------------------------------------------------------------------------------------------- the scripts on CUDA
 
-def command(method, output_dir, tmp_path, *extra):
+def command(method, output_dir, tmp_path, *extra, dropout=0.1):
     """The seed command's flags on the fixture GLUE rows, a 2-layer MiniLM-shaped encoder with dropout on (so that
     resuming must restore the CUDA generator's state), the device's default precision."""
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({**SIZES, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    config = tmp_path / f"config_{dropout}.json"
+    config.write_text(json.dumps({**SIZES, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
                                   "our_attn": True}))
     return [method.__file__, "--seed", "1", "--output_dir", str(output_dir), "--tasks", "cola,mrpc,rte,sts,sst",
             "--sample", "anneal", "--multi", "--do_train", "--do_eval", "--do_lower_case",
@@ -148,10 +167,6 @@ def command(method, output_dir, tmp_path, *extra):
 
 def train(argv, method):
     multitask.main(multitask.parse_args(method.__doc__, argv[1:]), method.METHOD)
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("method", [run_multi_task, run_multi_task_gated])
@@ -181,15 +196,7 @@ def test_ctrl_c_then_resume_on_cuda(tmp_path):
     train(command(run_multi_task, straight, tmp_path), run_multi_task)
     process = subprocess.Popen([sys.executable, *command(run_multi_task, interrupted, tmp_path)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = interrupted / "train_log.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if log.exists() and any(r.get("global_step", 0) >= 5 for r in read_jsonl(log) if "loss" in r):
-            process.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.005)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
+    interrupt_at_step(process, interrupted / "train_log.jsonl", 5, timeout=300)
     stopped_at = torch.load(interrupted / "last_checkpoint.pth", weights_only=False)["global_step"]
     assert 5 <= stopped_at < 60, "the run ended before the interrupt"
 
@@ -199,6 +206,29 @@ def test_ctrl_c_then_resume_on_cuda(tmp_path):
     for x, y in zip(a, b):
         if "loss" in x:  # another dropout mask moves a loss by percents; summation order by far less
             assert y["loss"] == pytest.approx(x["loss"], rel=1e-3), x["global_step"]
+
+
+def test_compile_trains_and_saves_the_usual_parameter_names(tmp_path):
+    out = tmp_path / "compiled"
+    train(command(run_multi_task, out, tmp_path, "--compile"), run_multi_task)
+    assert all(0 < r["loss"] < 1e3 for r in read_jsonl(out / "train_log.jsonl") if "loss" in r)
+    assert len(read_jsonl(out / multitask.EVAL_LOG)) == 2
+    saved = torch.load(out / "best_model.pth", weights_only=True)
+    config = json.loads((out / "config.json").read_text())
+    expected = modeling.BertForMultiTask(modeling.BertConfig.from_dict(config), [2, 2, 2, 1, 2]).state_dict()
+    assert saved.keys() == expected.keys()
+
+
+def test_bf16_run_follows_the_fp32_run(tmp_path):
+    """The default CUDA run (bf16 autocast, fused AdamW) against --precision fp32, dropout off: the same batches, so
+    every logged loss of the 60 steps agrees within BF16_LOSS_TOLERANCE (relative)."""
+    losses = {}
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / precision
+        train(command(run_multi_task, out, tmp_path, "--precision", precision, dropout=0.0), run_multi_task)
+        losses[precision] = [r["loss"] for r in read_jsonl(out / "train_log.jsonl") if "loss" in r]
+    assert len(losses["fp32"]) == 60
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=BF16_LOSS_TOLERANCE)
 
 
 def test_fp16_with_loss_scaling_trains(tmp_path):

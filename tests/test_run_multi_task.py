@@ -111,6 +111,20 @@ def run_script(argv, env=None, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
+def interrupt_at_step(process, log, global_step, timeout=120):
+    """Ctrl-C (SIGINT) a running training process once its `log` (train_log.jsonl) has reached `global_step`; its
+    output, once it has exited cleanly."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and any(r.get("global_step", 0) >= global_step for r in read_jsonl(log) if "loss" in r):
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.005)
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
 def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, tiny_config):
     steps_per_epoch = 100
     command = lambda out: tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", steps_per_epoch,
@@ -118,16 +132,7 @@ def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, tiny_config):
     run(command(tmp_path / "straight"))
 
     interrupted = tmp_path / "interrupted"
-    process = run_script(command(interrupted))
-    log = interrupted / "train_log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:  # interrupt once a few steps are done
-        if log.exists() and any(r.get("global_step", 0) >= 7 for r in read_jsonl(log) if "loss" in r):
-            process.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.005)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
+    output = interrupt_at_step(run_script(command(interrupted)), interrupted / "train_log.jsonl", 7)
     stopped_at = torch.load(interrupted / "last_checkpoint.pth", weights_only=False)["global_step"]
     assert 7 <= stopped_at < 2 * steps_per_epoch, "the run ended before the interrupt: give it more steps"
     assert "continue with --resume" in output
