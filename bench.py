@@ -908,7 +908,7 @@ def print_section(title, section, device):
     compiled = [f"{key.split('/')[1]} {ratio:.2f}x (best {section['ratios_best'][key]:.2f}x)"
                 for key, ratio in section["ratios"].items() if key.startswith("ours_compiled/")]
     if compiled:
-        print("ours_compiled is faster than: " + ", ".join(compiled))
+        print("ours_compiled, times as fast as: " + ", ".join(compiled))
 
 
 def projection(results):

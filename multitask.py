@@ -265,7 +265,10 @@ def cpu_copy(obj):
     if torch.is_tensor(obj):
         return obj.cpu()
     if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
+        copied = type(obj)((k, cpu_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state dict's per-module versions, which load_state_dict reads
+            copied._metadata = obj._metadata
+        return copied
     if isinstance(obj, (list, tuple)):
         return type(obj)(cpu_copy(v) for v in obj)
     return obj
@@ -306,15 +309,17 @@ def to_device(batch, device):
     return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def compile_encoder(model, device):
+def compile_encoder(model, device, cuda_graphs=True):
     """--compile: torch.compile the encoder in place (parameter names, and so saved state dicts, stay unchanged).
 
-    On CUDA also CUDA graphs (mode "reduce-overhead"): at batch 32 a BERT-base step launches about a thousand small
-    kernels and the host, not the GPU, sets the pace (bench.py --profile on an H100: the GPU busy ~7 ms of a ~40 ms
-    step); a graph replays them with one launch. Graphs need shapes that repeat, so the tokens are not packed: batches
-    padded to a multiple of PAD_MULTIPLE take at most max_seq_length / PAD_MULTIPLE widths, each recorded once. The
-    results are the packed ones (tests/test_modeling.py::test_packed_tokens_equal_the_padded_computation)."""
-    if device.type == "cuda":
+    On CUDA, with `cuda_graphs`, also CUDA graphs (mode "reduce-overhead"): at batch 32 a BERT-base step launches about
+    a thousand small kernels and the host, not the GPU, sets the pace (bench.py --profile on an H100: the GPU busy
+    ~7 ms of a ~40 ms step); a graph replays them with one launch. Graphs need shapes that repeat, so the tokens are
+    not packed: batches padded to a multiple of PAD_MULTIPLE take at most max_seq_length / PAD_MULTIPLE widths, one
+    graph per width and task. The results are the packed ones (tests/test_modeling.py::
+    test_packed_tokens_equal_the_padded_computation). Without graphs where gradients accumulate over micro-batches:
+    a graph's next replay overwrites the gradient buffers the previous backward left in .grad."""
+    if device.type == "cuda" and cuda_graphs:
         model.bert.pack_tokens = False
         model.bert.compile(mode="reduce-overhead")
     else:
@@ -503,7 +508,10 @@ def main(args, method):
             p.requires_grad_(not BERT_PARAMETER.fullmatch(name))
     model.to(device)
     if args.compile:
-        compile_encoder(model, device)
+        compile_encoder(model, device, cuda_graphs=args.gradient_accumulation_steps == 1)
+        if use_cuda and args.gradient_accumulation_steps > 1:
+            logger.warning("--compile with --gradient_accumulation_steps above 1: compiled without CUDA graphs, "
+                           "which would overwrite the gradients accumulated between micro-batches")
     net = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
                                   find_unused_parameters=True) if distributed else model  # other tasks' heads idle
 

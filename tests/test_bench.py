@@ -202,6 +202,7 @@ def test_ratios_are_ours_and_ours_compiled_against_every_other_path():
     assert section["ratios_best"] == {"ours/original": 4.0, "ours_compiled/original": 8.0}
     assert section["paths"]["ours"]["steps_per_s"] == pytest.approx(2 / 3)  # the median of 2 and 4 seconds
 
+
 # ---------------------------------------------------------------------------------------------------- smoke run
 
 def test_smoke_every_section(tmp_path, capsys):
@@ -252,4 +253,3 @@ def test_bad_sections_flag_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--sections", "train,speed"])
     assert "--sections: unknown speed" in capsys.readouterr().err
-

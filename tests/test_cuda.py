@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import modeling
 import modeling_gated
@@ -121,6 +122,7 @@ def test_compiled_encoder_with_cuda_graphs_equals_eager():
     eager = build(modeling).to(device)
     compiled = copy.deepcopy(eager)
     multitask.compile_encoder(compiled, device)
+    skips = counters["inductor"]["cudagraph_skips"]
     batches = [(real_batch(task), task_id) for task, task_id in (("rte", 0), ("cola", 1), ("sts", 2))]
     assert len({b["input_ids"].shape[1] for b, _ in batches}) == 3
     for _ in range(3):
@@ -130,6 +132,7 @@ def test_compiled_encoder_with_cuda_graphs_equals_eager():
             for name, grad in expected[2].items():
                 torch.testing.assert_close(got[2][name], grad, rtol=1e-3, atol=1e-5, msg=name)
     assert compiled.state_dict().keys() == eager.state_dict().keys()
+    assert counters["inductor"]["cudagraph_skips"] == skips  # the graphs ran: not eager compared with eager
 
 
 def test_fused_adamw_equals_the_foreach_kernel():
@@ -208,9 +211,11 @@ def test_ctrl_c_then_resume_on_cuda(tmp_path):
             assert y["loss"] == pytest.approx(x["loss"], rel=1e-3), x["global_step"]
 
 
-def test_compile_trains_and_saves_the_usual_parameter_names(tmp_path):
+@pytest.mark.parametrize("accumulation", ["1", "2"])  # 2: compiled without CUDA graphs (multitask.compile_encoder)
+def test_compile_trains_and_saves_the_usual_parameter_names(tmp_path, accumulation):
     out = tmp_path / "compiled"
-    train(command(run_multi_task, out, tmp_path, "--compile"), run_multi_task)
+    train(command(run_multi_task, out, tmp_path, "--compile", "--gradient_accumulation_steps", accumulation),
+          run_multi_task)
     assert all(0 < r["loss"] < 1e3 for r in read_jsonl(out / "train_log.jsonl") if "loss" in r)
     assert len(read_jsonl(out / multitask.EVAL_LOG)) == 2
     saved = torch.load(out / "best_model.pth", weights_only=True)
