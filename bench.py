@@ -333,9 +333,10 @@ def synchronize(device):
 class Runner:
     """One path: a training step, a forward+backward pass and a forward-only pass over an evaluation set."""
     name: str
+    model: torch.nn.Module
     pad_to: int | None  # training batch width: None = the longest example, rounded up to PAD_MULTIPLE
     train_step: Callable  # Draw -> None
-    forward_backward: Callable  # Draw -> None
+    forward_backward: Callable  # Draw -> None, gradients left in .grad
     predict: Callable | None = None  # (task, Features) -> logits on the CPU
     eval_pad_to: int | None = None  # evaluation batch width, as pad_to
 
@@ -390,15 +391,11 @@ def ours_runner(model, setting, name="ours", pad_to=None, frozen_parameters=None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-    def forward_backward_only(draw):
-        forward_backward(draw)
-        optimizer.zero_grad(set_to_none=True)
-
     def predict(task, features):
         return multitask.predict(model, features, task, setting.eval_batch_size, device, setting.autocast_dtype,
                                  pad_to=pad_to)
 
-    return Runner(name, pad_to, train_step, forward_backward_only, predict, eval_pad_to=pad_to)
+    return Runner(name, model, pad_to, train_step, forward_backward, predict, eval_pad_to=pad_to)
 
 
 def original_runner(model, setting, frozen_parameters=None):
@@ -428,10 +425,6 @@ def original_runner(model, setting, frozen_parameters=None):
         scheduler.step()
         optimizer.zero_grad(set_to_none=False)  # PyTorch 0.4's model.zero_grad() zeroed gradients in place
 
-    def forward_backward_only(draw):
-        forward_backward(draw)
-        optimizer.zero_grad(set_to_none=True)
-
     @torch.no_grad()
     def predict(task, features):
         model.eval()
@@ -443,7 +436,7 @@ def original_runner(model, setting, frozen_parameters=None):
         model.train()
         return torch.cat(logits)
 
-    return Runner("original", pad_to, train_step, forward_backward_only, predict, eval_pad_to=pad_to)
+    return Runner("original", model, pad_to, train_step, forward_backward, predict, eval_pad_to=pad_to)
 
 
 def transformers_runner(config, setting):
@@ -488,10 +481,6 @@ def transformers_runner(config, setting):
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def forward_backward_only(draw):
-        forward_backward(draw)
-        optimizer.zero_grad(set_to_none=True)
-
     @torch.no_grad()
     def predict(task, features):
         """As multitask.predict: batches sorted by length, padded to the longest, logits gathered on the device."""
@@ -509,7 +498,7 @@ def transformers_runner(config, setting):
         model.train()
         return logits_out.cpu()
 
-    return Runner("transformers", None, train_step, forward_backward_only, predict)
+    return Runner("transformers", model, None, train_step, forward_backward, predict)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -544,6 +533,12 @@ class StepClock:
             times = [end - start for start, end in self.marks]
         self.marks = []
         return times
+
+
+def forward_backward_pass(runner, draw):
+    """The forward+backward section's item: one forward and backward pass, then the gradients dropped."""
+    runner.forward_backward(draw)
+    runner.model.zero_grad(set_to_none=True)
 
 
 def timed_rounds(runners, warmup, timed, repeats, device, run):
@@ -687,7 +682,7 @@ def train_sections(args, setting, config, timed_draws, warmup_draws, peak):
         print(f"{time.strftime('%H:%M:%S')} timed: forward+backward ({len(runners)} paths x {args.repeats} rounds x "
               f"{len(timed_draws)} steps)", flush=True)
         seconds = timed_rounds(runners, warmup_draws, timed_draws, args.repeats, setting.device,
-                               lambda runner, draw: runner.forward_backward(draw))
+                               forward_backward_pass)
         results["fwdbwd"] = summarize(seconds, training_work(runners, timed_draws, setting, flops))
         add_mfu(results["fwdbwd"], peak)
     if "eval" in args.sections:
