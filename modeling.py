@@ -23,6 +23,7 @@ so every format loads through `load_pretrained` with a plain name mapping.
 import dataclasses
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -370,8 +371,83 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin", "best_model.pth")
 
 
+# Leading bytes by which a checkpoint's format is recognised (by content, not by file name): torch.save's zip
+# archive (torch >= 1.6), its older pickle stream (protocol 2 or later starts with 0x80), and safetensors' 8-byte
+# little-endian header length followed by the JSON header.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_MAGIC = b"\x80"
+SAFETENSORS_LENGTH_BYTES = 8
+# Bytes read to recognise a file, and characters of it quoted when it is text.
+SNIFF_BYTES, QUOTED_CHARS = 64, 40
+
+
+def checkpoint_format(path):
+    """"safetensors" or "torch" by the file's first bytes; ValueError describing the file otherwise."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes)")
+    if head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        return "torch"
+    header_length = int.from_bytes(head[:SAFETENSORS_LENGTH_BYTES], "little")
+    if len(head) > SAFETENSORS_LENGTH_BYTES and head[SAFETENSORS_LENGTH_BYTES:][:1] == b"{":
+        if SAFETENSORS_LENGTH_BYTES + header_length > size:
+            raise ValueError(f"checkpoint {path} is truncated: {size} bytes, fewer than its safetensors header's own "
+                             f"{SAFETENSORS_LENGTH_BYTES + header_length}")
+        return "safetensors"
+    text = head.decode("utf-8", errors="replace")[:QUOTED_CHARS]
+    if "\ufffd" not in text and all(c.isprintable() or c.isspace() for c in text):
+        looks = f"it starts with text: {text.strip()!r}"
+    else:
+        looks = f"its first bytes are {head[:SAFETENSORS_LENGTH_BYTES].hex(' ')}"
+    raise ValueError(f"checkpoint {path} is not a PyTorch or safetensors file ({looks})")
+
+
+def safetensors_size(path):
+    """The bytes a safetensors file must have: its header's length plus the end of the last tensor's data."""
+    with open(path, "rb") as f:
+        header_length = int.from_bytes(f.read(SAFETENSORS_LENGTH_BYTES), "little")
+        header = json.loads(f.read(header_length))
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return SAFETENSORS_LENGTH_BYTES + header_length + max(ends, default=0)
+
+
+def unreadable(path, fmt, error):
+    """A one-line ValueError for a checkpoint file its reader rejected: truncated (with sizes) or damaged."""
+    size = path.stat().st_size
+    if fmt == "safetensors":
+        try:
+            expected = safetensors_size(path)
+        except (ValueError, KeyError, TypeError):
+            return ValueError(f"checkpoint {path} is a damaged safetensors file (its header is not valid JSON)")
+        if size < expected:
+            return ValueError(f"checkpoint {path} is truncated: {size} of {expected} bytes")
+    elif not zipfile.is_zipfile(path) and path.read_bytes()[:len(ZIP_MAGIC)] == ZIP_MAGIC:
+        return ValueError(f"checkpoint {path} is truncated: {size} bytes of a PyTorch zip archive whose end (the zip "
+                          "directory) is missing")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(f"checkpoint {path} is damaged: it is a {fmt} file that cannot be read ({first_line})")
+
+
+def load_torch_file(path, weights_only=True):
+    """torch.load onto the CPU; any unreadable file (not a checkpoint, truncated, damaged) becomes one ValueError that
+    names the file and what it looks like."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    fmt = checkpoint_format(path)
+    if fmt != "torch":
+        raise ValueError(f"checkpoint {path} is a safetensors file, not a PyTorch training checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ... for a bad file
+        raise unreadable(path, fmt, err) from None
+
+
 def read_state_dict(path):
-    """A state dict from a .safetensors or torch file, a training checkpoint's "model" entry, or a directory."""
+    """A state dict from a safetensors or torch file (told apart by content), a training checkpoint's "model" entry,
+    or a directory holding one of CHECKPOINT_FILES."""
     path = Path(path)
     if path.is_dir():
         found = [path / name for name in CHECKPOINT_FILES if (path / name).is_file()]
@@ -380,10 +456,13 @@ def read_state_dict(path):
         path = found[0]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
+    if checkpoint_format(path) == "safetensors":
         from safetensors.torch import load_file
-        return load_file(path), path
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(path), path
+        except Exception as err:  # SafetensorError and others, for a truncated or damaged file
+            raise unreadable(path, "safetensors", err) from None
+    state = load_torch_file(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a resumable training checkpoint
         state = state["model"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):

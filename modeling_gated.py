@@ -144,3 +144,9 @@ def frozen_parameters(model, task_id, epoch):
                    for proj in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value)
                    for p in proj.parameters()]
     return frozen
+
+
+def configure(config, max_seq_length, h_aug=None):
+    """The config as run_multi_task_gated.py builds the model: the gate reads max_seq_length x hidden inputs, and
+    --h_aug (when given) sets the adapters' rank."""
+    return dataclasses.replace(config, max_seq_length=max_seq_length, hidden_size_aug=h_aug or config.hidden_size_aug)

@@ -1,24 +1,30 @@
-"""The multi-task GLUE training loop shared by run_multi_task.py (EmBERT) and run_multi_task_gated.py (Gated-BERT),
-and what the prediction script must do the same way (rebuilding a run's model, predicting a split).
+"""The multi-task training loop shared by run_multi_task.py (EmBERT), run_multi_task_gated.py (Gated-BERT) and the
+other methods' scripts, and what the prediction script must do the same way (the method registry, the input checks,
+rebuilding a run's model, predicting a split).
 
-The two training scripts differ only in their `Method`: the model module they build, how the task-sampling exponent
+The training scripts differ only in their `Method`: the model module they build, how the task-sampling exponent
 anneals, which parameters each phase freezes, and whether batches pad to max_seq_length. `main` reads top to bottom:
-set-up, data, model, optimizer, resume, loop (sample a task, step, log), evaluation, checkpoints.
+check every input (nothing is written before they pass), data, model, output directory, optimizer, resume, then the
+loop (sample a task, `training_step`, log), evaluation and checkpoints.
 
 Files written to --output_dir (rank 0 only, every write atomic):
-  args.json            every resolved argument
+  args.json            every resolved argument (paths absolute)
   config.json          the model config, plus the model type, task names and label lists (rebuilds the model)
   vocab.txt            a copy of --vocab_file, so the directory predicts on its own
   train.log            what the console shows, as plain text
   train_log.jsonl      per logging interval and task: global_step, epoch, task, loss, lr, steps; per epoch:
                        task_counts (batches drawn per task) and alpha
-  eval_results.jsonl   per evaluation: epoch, global_step, scores {task: {metric: value}}, task_scores, glue_score
-  best_model.pth       state dict of the model with the best dev GLUE score (the final model without --do_eval)
+  eval_results.jsonl   per evaluation: epoch, global_step, scores {task: {metric: value}}, task_scores, glue_score, best
+  best_model.pth       state dict of the model with the best dev score (the final model without --do_eval)
   last_checkpoint.pth  model, optimizer, scheduler, sampler, RNG states and step: --resume continues from it
+Epochs: the JSON lines' "epoch" is the 0-based index of the epoch; everything a person reads (console, train.log,
+progress bars) numbers epochs from 1. Exit status: 0 when the run finished, 130 after Ctrl-C (SIGINT) and 143 after
+SIGTERM once the resumable checkpoint is saved (the shell's 128 + signal number).
 """
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -37,10 +43,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import glue_processors
+import modeling
+import modeling_gated
 import optimization
 import tokenization
 from glue_processors import TASKS
-from modeling import BERT_PARAMETER, load_pretrained
+from modeling import BERT_PARAMETER, load_mapped_state, map_state_dict, read_state_dict
 
 # The BERT-and-PALs recipe (SPEC 6.2): an "epoch" is 300 optimizer steps per task.
 STEPS_PER_TASK_PER_EPOCH = 300
@@ -56,10 +64,23 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 ARGS_FILE, CONFIG_FILE, VOCAB_FILE = "args.json", "config.json", "vocab.txt"
 TEXT_LOG, TRAIN_LOG, EVAL_LOG = "train.log", "train_log.jsonl", "eval_results.jsonl"
 BEST_MODEL, LAST_CHECKPOINT = "best_model.pth", "last_checkpoint.pth"
+EPOCH_MODEL = "model_epoch_{}.pth"  # Gated-BERT keeps the model of every epoch, as the original
+# Every file or folder a training run writes: what --overwrite_output_dir may remove, and nothing else.
+RUN_FILES = (ARGS_FILE, CONFIG_FILE, VOCAB_FILE, TEXT_LOG, TRAIN_LOG, EVAL_LOG, BEST_MODEL, LAST_CHECKPOINT)
+RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"), ".*.tmp")
+# --metric_for_best_model's default: the mean of the tasks' scores (the GLUE score).
+MEAN_SCORE = "mean"
 # Arguments a resumed run must share with the run it continues.
 RESUME_INVARIANTS = ("tasks", "sample", "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
                      "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer", "max_seq_length",
-                     "bert_config_file", "h_aug", "freeze")
+                     "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps", "weight_decay", "eval_steps",
+                     "max_train_samples", "max_eval_samples", "metric_for_best_model")
+# Arguments holding paths: stored absolute in args.json, so a run directory works from any working directory.
+PATH_ARGUMENTS = ("data_dir", "vocab_file", "bert_config_file", "init_checkpoint", "output_dir", "cache_dir")
+# Exit status of a run interrupted by a signal once its checkpoint is saved: the shell's convention, 128 + signal.
+SIGNAL_EXIT_BASE = 128
+# Bytes per megabyte in messages.
+MB = 2 ** 20
 
 logger = logging.getLogger("embert")
 
@@ -79,6 +100,16 @@ class Method:
     frozen_parameters: Callable | None = None  # (model, task_id, epoch) -> parameters this step must not update
     pad_to_max_length: bool = False  # pad every batch to --max_seq_length (Gated-BERT's gate reads it all)
     checkpoint_every_epoch: bool = False  # also keep model_epoch_N.pth after every epoch
+    configure: Callable | None = None  # (config, max_seq_length, h_aug) -> config: model sizes taken from flags
+
+
+# Every method, by the name a run's config.json records; each training script runs one of them.
+METHODS = {method.name: method for method in (
+    Method("embert", modeling),
+    Method("gated", modeling_gated, anneal_alpha=modeling_gated.anneal_alpha,
+           frozen_parameters=modeling_gated.frozen_parameters, pad_to_max_length=True, checkpoint_every_epoch=True,
+           configure=modeling_gated.configure),
+)}
 
 
 def parse_args(description, argv=None):
@@ -93,6 +124,10 @@ def parse_args(description, argv=None):
     parser.add_argument("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased models)")
     parser.add_argument("--max_seq_length", type=int, default=128,
                         help="longest sequence after WordPiece; longer pairs are truncated longest-first")
+    parser.add_argument("--max_train_samples", type=int, default=None,
+                        help="train on only the first N examples of each task (quick debugging runs)")
+    parser.add_argument("--max_eval_samples", type=int, default=None,
+                        help="evaluate on only the first N examples of each dev set (quick debugging runs)")
     parser.add_argument("--cache_dir", default=None,
                         help="where tokenized features are cached (default $EMBERT_CACHE or ~/.cache/embert)")
     parser.add_argument("--num_workers", type=int, default=None,
@@ -122,22 +157,35 @@ def parse_args(description, argv=None):
     parser.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
     parser.add_argument("--num_train_epochs", type=float, default=3.0,
                         help="epochs of --steps_per_epoch optimizer steps (fractions allowed)")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="train exactly this many optimizer steps (overrides --num_train_epochs)")
     parser.add_argument("--steps_per_epoch", type=int, default=None,
                         help=f"optimizer steps per epoch (default {STEPS_PER_TASK_PER_EPOCH} x number of tasks)")
     parser.add_argument("--warmup_proportion", type=float, default=0.1,
                         help="fraction of all steps with linear warm-up of the learning rate")
+    parser.add_argument("--warmup_steps", type=int, default=None,
+                        help="steps of linear warm-up (overrides --warmup_proportion)")
+    parser.add_argument("--weight_decay", type=float, default=optimization.WEIGHT_DECAY,
+                        help="decoupled weight decay on every parameter but biases and LayerNorms")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
                         help="micro-batches per optimizer step (one task per step)")
     parser.add_argument("--optimizer", "--optim", dest="optimizer", default="adamw", choices=optimization.OPTIMIZERS,
                         help="adamw (torch.optim.AdamW, global clipping) or bertadam (the original update exactly)")
     parser.add_argument("--seed", type=int, default=42, help="seeds initialisation, sampling and dropout")
+    parser.add_argument("--eval_steps", type=int, default=None,
+                        help="also evaluate every this many optimizer steps (always at the end of each epoch)")
+    parser.add_argument("--metric_for_best_model", default=MEAN_SCORE,
+                        help="what picks best_model.pth: 'mean' (the mean of the tasks' scores: the GLUE score), a "
+                             "task (its score, e.g. mrpc) or task/metric (e.g. mrpc/f1)")
     parser.add_argument("--save_checkpoints_steps", type=int, default=None,
                         help="also write the resumable checkpoint every this many steps (it is always written at "
                              "the end of each epoch and on Ctrl-C)")
     parser.add_argument("--log_steps", type=int, default=50, help="optimizer steps per train_log.jsonl interval")
     parser.add_argument("--resume", action="store_true",
                         help=f"continue from --output_dir/{LAST_CHECKPOINT} (start fresh if there is none)")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="allow a non-empty --output_dir")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="replace the run in a non-empty --output_dir (only once every input has been checked; "
+                             "only the files a run writes are removed)")
     # Hardware and speed.
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -150,9 +198,14 @@ def parse_args(description, argv=None):
     for flag in ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_seq_length", "log_steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    for flag in ("steps_per_epoch", "save_checkpoints_steps", "h_aug"):
+    for flag in ("steps_per_epoch", "save_checkpoints_steps", "h_aug", "max_steps", "eval_steps", "max_train_samples",
+                 "max_eval_samples"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        parser.error(f"--warmup_steps must be at least 0, got {args.warmup_steps}")
+    if args.weight_decay < 0:
+        parser.error(f"--weight_decay must be at least 0, got {args.weight_decay}")
     if args.num_train_epochs <= 0:
         parser.error(f"--num_train_epochs must be positive, got {args.num_train_epochs}")
     if not 0 <= args.warmup_proportion < 1:
@@ -163,7 +216,19 @@ def parse_args(description, argv=None):
         args.tasks = glue_processors.resolve_tasks(args.tasks, args.task_id)
     except ValueError as err:
         parser.error(f"--tasks: {err}")
+    check_best_model_metric(parser, args.metric_for_best_model, args.tasks)
     return args
+
+
+def check_best_model_metric(parser, name, tasks):
+    """--metric_for_best_model must name the mean, one of the run's tasks, or one of a task's dev metrics."""
+    task, _, metric = name.partition("/")
+    if name == MEAN_SCORE or (task in tasks and not metric):
+        return
+    if task in tasks and metric in {m for names in TASKS[task].metrics.values() for m in names}:
+        return
+    choices = [MEAN_SCORE, *tasks, *(f"{t}/{m}" for t in tasks for names in TASKS[t].metrics.values() for m in names)]
+    parser.error(f"--metric_for_best_model {name!r} is not one of: {', '.join(choices)}")
 
 
 class TaskSampler:
@@ -222,23 +287,43 @@ class TaskSampler:
         self.consumed = list(state["consumed"])
 
 
-def setup_logging(output_dir, is_main):
-    """Console (through tqdm, so progress bars stay intact) and train.log; silent on ranks other than 0."""
+class BufferedRecords(logging.Handler):
+    """Keeps the records logged before the output directory may be written (inputs are checked first), so that
+    train.log still holds them once it exists."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def setup_logging(is_main):
+    """Console (through tqdm, so progress bars stay intact), and a buffer for train.log (`attach_log_file`); silent
+    on ranks other than 0."""
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
 
     class TqdmHandler(logging.Handler):
         def emit(self, record):
             tqdm.write(self.format(record), file=sys.stderr)
 
-    handlers = [TqdmHandler()]
-    if is_main:
-        handlers.append(logging.FileHandler(output_dir / TEXT_LOG, encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(formatter)
+    for handler in (TqdmHandler(), BufferedRecords()):
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
+
+
+def attach_log_file(path):
+    """From now on log to `path` as well, starting with what was logged before it could be written."""
+    buffer = next(h for h in logger.handlers if isinstance(h, BufferedRecords))
+    logger.removeHandler(buffer)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(buffer.formatter)
+    for record in buffer.records:
+        handler.emit(record)
+    logger.addHandler(handler)
 
 
 def fail(message):
@@ -246,8 +331,21 @@ def fail(message):
     raise SystemExit(f"error: {message}")
 
 
-def write_atomic(path, write):
-    """Write through a temporary file in the same directory, then rename: a crash never leaves a torn file."""
+def tensor_bytes(obj):
+    """Bytes of the tensors in `obj` (nested dicts, lists, tuples): about the size of its torch.save file."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def write_atomic(path, write, size=None):
+    """Write through a temporary file in the same directory, then rename: a crash never leaves a torn file, and a
+    full disk leaves the previous file as it was and stops with one line saying so (`size`: bytes about to be
+    written, for that message)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -255,6 +353,16 @@ def write_atomic(path, write):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        # torch's writer reports a failed write as a RuntimeError ("iostream error") that does not say why.
+        full = getattr(err, "errno", None) == errno.ENOSPC or (
+            isinstance(err, RuntimeError) and size is not None and shutil.disk_usage(path.parent).free < size)
+        if not full:
+            raise
+        needed = f"about {size / MB:.1f} MB needed, " if size else ""
+        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+        fail(f"no space left on the device writing {path} ({needed}{shutil.disk_usage(path.parent).free / MB:.1f} "
+             f"MB free); {kept}. Free some space and run again (with --resume to continue a run)")
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -276,7 +384,12 @@ def cpu_copy(obj):
 
 def save_torch(obj, path):
     obj = cpu_copy(obj)
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a Python file: a full disk raises OSError(ENOSPC), not torch's iostream error
+            torch.save(obj, f)
+
+    write_atomic(path, write, size=tensor_bytes(obj))
 
 
 def save_json(obj, path):
@@ -295,11 +408,31 @@ def truncate_jsonl(path, global_step):
         write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines)))
 
 
+def absolute_paths(args):
+    """args as a dict with every path argument made absolute (args.json: the run directory works from anywhere)."""
+    return {k: (str(Path(v).absolute()) if k in PATH_ARGUMENTS and v is not None else v) for k, v in vars(args).items()}
+
+
 def resolve_precision(name, device):
     if name == "auto":
         # Native bf16 only (Ampere and newer): a V100 emulates it, slower than fp32.
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     return name
+
+
+def select_device(no_cuda, local_rank=0):
+    """CUDA device `local_rank` unless --no_cuda or there is none; the CPU otherwise."""
+    if torch.cuda.is_available() and not no_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def batch_padding(method, max_seq_length):
+    """pad_to for make_batch: max_seq_length for a method whose model reads every position (Gated-BERT's gate), else
+    None (the longest example of the batch)."""
+    return max_seq_length if method.pad_to_max_length else None
 
 
 def to_device(batch, device):
@@ -324,6 +457,43 @@ def compile_encoder(model, device, cuda_graphs=True):
         model.bert.compile(mode="reduce-overhead")
     else:
         model.bert.compile()
+
+
+def configure_model(method, config, max_seq_length, h_aug=None):
+    """The model config as the method builds it from the flags (Gated-BERT: the gate's input length, the rank)."""
+    return method.configure(config, max_seq_length, h_aug) if method.configure else config
+
+
+def check_model_inputs(config, vocab_file, max_seq_length, config_source):
+    """What training and prediction both check before building a model: the vocabulary fits the config's embedding
+    table and max_seq_length its position table. Returns the vocabulary's size; ValueError (one line) otherwise."""
+    vocab_size = len(tokenization.load_vocab(vocab_file))
+    if max_seq_length > config.max_position_embeddings:
+        raise ValueError(f"--max_seq_length {max_seq_length} is more than the config's max_position_embeddings "
+                         f"{config.max_position_embeddings} ({config_source})")
+    if vocab_size > config.vocab_size:
+        raise ValueError(f"--vocab_file {vocab_file} has {vocab_size} tokens but the config's vocab_size is "
+                         f"{config.vocab_size} ({config_source}): they must come from the same model")
+    if vocab_size < config.vocab_size:
+        logger.warning(f"--vocab_file has {vocab_size} tokens, the config's vocab_size is {config.vocab_size}: the "
+                       "extra embedding rows are never used")
+    return vocab_size
+
+
+def read_checkpoint(path):
+    """A checkpoint's tensors under our parameter names, the raw key names (their format says where the file comes
+    from) and the file read; ValueError/OSError with a one-line message for anything unreadable."""
+    raw, path = read_state_dict(path)
+    return map_state_dict(raw), list(raw), path
+
+
+def build_model(method, config, num_labels_per_task, state=None, source=None, require_all=False):
+    """The method's BertForMultiTask with one head per entry of num_labels_per_task, the mapped `state` (read from
+    `source`) loaded into it. Returns the model and the names of the parameters left freshly initialised; ValueError
+    (one line naming the keys and the file) when the checkpoint does not fit."""
+    model = method.modeling.BertForMultiTask(config, num_labels_per_task)
+    fresh = load_mapped_state(model, state, source, require_all) if state is not None else list(model.state_dict())
+    return model, fresh
 
 
 def model_config_record(config, method_name, tasks, max_seq_length, do_lower_case):
@@ -377,298 +547,509 @@ def format_scores(scores, glue):
     return " | ".join(parts + [f"GLUE {glue:.2f}"])
 
 
+def first_examples(features, count):
+    """The first `count` examples of `features` (--max_train_samples, --max_eval_samples); all when fewer."""
+    n = len(features)
+    if count is None or count >= n:
+        return features
+    tokens = int(features.offsets[count])
+    total = int(features.offsets[-1])
+    cut = {}
+    for field in dataclasses.fields(features):
+        value = getattr(features, field.name)
+        if field.name == "offsets":
+            cut[field.name] = value[:count + 1]
+        elif torch.is_tensor(value) and value.shape[0] == total:  # packed per-token values
+            cut[field.name] = value[:tokens]
+        elif torch.is_tensor(value) or isinstance(value, list):  # one value per example
+            cut[field.name] = value[:count]
+        else:
+            cut[field.name] = value
+    return type(features)(**cut)
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM ask the loop to save a resumable checkpoint and exit at the next step boundary;
     a second Ctrl-C interrupts at once."""
 
     def __init__(self):
-        self.requested = False
+        self.signum = None
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @property
+    def requested(self):
+        return self.signum is not None
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.signum = signum
         logger.warning(f"{signal.Signals(signum).name}: saving a resumable checkpoint at the end of this step")
+
+    def exit_status(self):
+        """128 + the signal's number; SIGINT's for a process that learnt of the stop from another rank."""
+        return SIGNAL_EXIT_BASE + (self.signum or signal.SIGINT)
 
     def restore(self):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
 
-def main(args, method):
-    # ---------------------------------------------------------------- set-up: processes, device, output directory
+@dataclass
+class Run:
+    """A training run's processes and resolved settings: what the functions of `main` share."""
+
+    args: argparse.Namespace
+    method: Method
+    device: torch.device
+    rank: int
+    world_size: int
+    precision: str
+    config: object = None  # the method's BertConfig, once checked
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    num_epochs: int = 0
+    micro_batch: int = 0  # examples per micro-batch and process
+    resolved: dict = None  # args.json
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def tasks(self):
+        return self.args.tasks
+
+    @property
+    def output_dir(self):
+        return Path(self.args.output_dir)
+
+    @property
+    def checkpoint_path(self):
+        return self.output_dir / LAST_CHECKPOINT
+
+    @property
+    def autocast_dtype(self):
+        return AUTOCAST_DTYPES.get(self.precision)
+
+    @property
+    def pad_to(self):
+        return batch_padding(self.method, self.args.max_seq_length)
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+
+@dataclass
+class Progress:
+    """Where training stands: saved in the checkpoint, restored by --resume."""
+
+    global_step: int = 0
+    best_score: float = -math.inf  # of --metric_for_best_model
+
+
+def start_processes(args, method):
+    """Processes (torchrun's environment), device and precision; console logging."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    distributed = world_size > 1
     local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
-    use_cuda = torch.cuda.is_available() and not args.no_cuda
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if distributed:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    is_main = rank == 0
-    precision = resolve_precision(args.precision, device)
-    autocast_dtype = AUTOCAST_DTYPES.get(precision)
+    device = select_device(args.no_cuda, local_rank)
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if world_size > 1 else 0
+    setup_logging(rank == 0)
+    return Run(args, method, device, rank, world_size, resolve_precision(args.precision, device))
 
-    output_dir = Path(args.output_dir)
-    checkpoint_path = output_dir / LAST_CHECKPOINT
-    resuming = args.resume and checkpoint_path.is_file()
+
+def check_inputs(run):
+    """Every check of the flags, data files, config and vocabulary that needs no tokenizing; nothing is written."""
+    args, method, output_dir = run.args, run.method, run.output_dir
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.resume and not args.overwrite_output_dir:
-        fail(f"--output_dir {output_dir} is not empty: pass --resume to continue that run or --overwrite_output_dir")
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if not resuming:
-            for name in (TRAIN_LOG, EVAL_LOG, TEXT_LOG):
-                (output_dir / name).unlink(missing_ok=True)
-    if distributed:
-        dist.barrier()
-    setup_logging(output_dir, is_main)
-    tasks = args.tasks
-    eval_splits = [(t, s) for t in tasks for s in TASKS[t].dev_splits] if args.do_eval else []
-    missing = glue_processors.missing_files(args.data_dir, tasks, ["train"] * args.do_train + ["dev"] * args.do_eval)
+        fail(f"--output_dir {args.output_dir} is not empty: pass --resume to continue that run or "
+             "--overwrite_output_dir")
+    missing = glue_processors.missing_files(args.data_dir, run.tasks,
+                                            ["train"] * args.do_train + ["dev"] * args.do_eval)
     if missing:
-        fail(f"--data_dir {args.data_dir} lacks {len(missing)} file(s) for --tasks {','.join(tasks)}: "
+        fail(f"--data_dir {args.data_dir} lacks {len(missing)} file(s) for --tasks {','.join(run.tasks)}: "
              f"{', '.join(map(str, missing))}")
-
     try:
         config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
-        vocab_size = len(tokenization.load_vocab(args.vocab_file))  # checked here; features tokenize later
+        config = configure_model(method, config, args.max_seq_length, args.h_aug)
+        check_model_inputs(config, args.vocab_file, args.max_seq_length, args.bert_config_file)
     except (OSError, ValueError) as err:
         fail(str(err))
-    if method.pad_to_max_length:  # Gated-BERT: the gate's input size is max_seq_length x hidden
-        config = dataclasses.replace(config, max_seq_length=args.max_seq_length,
-                                     hidden_size_aug=args.h_aug or config.hidden_size_aug)
-    if args.max_seq_length > config.max_position_embeddings:
-        fail(f"--max_seq_length {args.max_seq_length} is more than the config's max_position_embeddings "
-             f"{config.max_position_embeddings} ({args.bert_config_file})")
-    if vocab_size > config.vocab_size:
-        fail(f"--vocab_file {args.vocab_file} has {vocab_size} tokens but the config's vocab_size is "
-             f"{config.vocab_size} ({args.bert_config_file}): they must come from the same model")
-    if vocab_size < config.vocab_size:
-        logger.warning(f"--vocab_file has {vocab_size} tokens, the config's vocab_size is "
-                       f"{config.vocab_size}: the extra embedding rows are never used")
-    steps_per_epoch = args.steps_per_epoch or STEPS_PER_TASK_PER_EPOCH * len(tasks)
-    total_steps = max(1, int(args.num_train_epochs * steps_per_epoch))
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
-    micro_batch, remainder = divmod(args.train_batch_size, args.gradient_accumulation_steps * world_size)
-    if remainder or micro_batch == 0:
+    if method.name == "embert" and not _declares_our_attn(args.bert_config_file):
+        logger.warning(f"--bert_config_file {args.bert_config_file} does not set our_attn: training the shared "
+                       "encoder (multi-task BERT without task embeddings); add \"our_attn\": true for EmBERT")
+    run.config = config
+    run.steps_per_epoch = args.steps_per_epoch or STEPS_PER_TASK_PER_EPOCH * len(run.tasks)
+    run.total_steps = args.max_steps or max(1, int(args.num_train_epochs * run.steps_per_epoch))
+    run.num_epochs = math.ceil(run.total_steps / run.steps_per_epoch)
+    run.micro_batch, remainder = divmod(args.train_batch_size, args.gradient_accumulation_steps * run.world_size)
+    if remainder or run.micro_batch == 0:
         fail(f"--train_batch_size {args.train_batch_size} must be a multiple of --gradient_accumulation_steps "
-             f"{args.gradient_accumulation_steps} x {world_size} process(es)")
-    resolved = {**vars(args), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                "num_epochs": num_epochs, "precision": precision, "world_size": world_size, "method": method.name}
-    if resuming:
-        previous = json.loads((output_dir / ARGS_FILE).read_text())
-        changed = [f"--{k} (was {previous.get(k)!r}, now {resolved[k]!r})"
-                   for k in RESUME_INVARIANTS if previous.get(k) != resolved[k]]
-        if changed:
-            fail(f"--resume must repeat the interrupted run's settings; changed: {', '.join(changed)}")
-    elif is_main:
-        save_json(resolved, output_dir / ARGS_FILE)
-        save_json(model_config_record(config, method.name, tasks, args.max_seq_length, args.do_lower_case),
-                  output_dir / CONFIG_FILE)
-        shutil.copyfile(args.vocab_file, output_dir / VOCAB_FILE)
-    logger.info(f"{method.name}: tasks {','.join(tasks)} | {device.type} {precision} | {world_size} process(es) | "
-                f"{num_epochs} epoch(s) x {steps_per_epoch} steps, batch {args.train_batch_size}")
+             f"{args.gradient_accumulation_steps} x {run.world_size} process(es)")
+    if args.warmup_steps is not None and args.warmup_steps >= run.total_steps:
+        fail(f"--warmup_steps {args.warmup_steps} must be fewer than the run's {run.total_steps} steps")
+    run.resolved = {**absolute_paths(args), "steps_per_epoch": run.steps_per_epoch, "total_steps": run.total_steps,
+                    "num_epochs": run.num_epochs, "precision": run.precision, "world_size": run.world_size,
+                    "method": method.name, "model_trained": model_description(method, config)}
 
-    # ---------------------------------------------------------------- data: tokenized once, cached on disk
-    def features(task, split):
+
+def _declares_our_attn(config_file):
+    return "our_attn" in json.loads(Path(config_file).read_text(encoding="utf-8"))
+
+
+def model_description(method, config):
+    """What a run trains, in words: the method, or the shared encoder for EmBERT's script without our_attn."""
+    return "shared encoder" if method.name == "embert" and not config.our_attn else method.name
+
+
+def load_data(run):
+    """Training and dev features (tokenized once, cached on disk); rank 0 builds the cache, the others read it."""
+    args = run.args
+
+    def features(task, split, limit):
         try:
-            return glue_processors.load_features(args.data_dir, task, split, args.vocab_file, args.do_lower_case,
+            data = glue_processors.load_features(args.data_dir, task, split, args.vocab_file, args.do_lower_case,
                                                  args.max_seq_length, cache_dir=args.cache_dir,
                                                  num_workers=args.num_workers)
         except (OSError, ValueError) as err:  # a malformed file: its name and line are in the message
             fail(str(err))
+        return first_examples(data, limit)
 
-    if distributed and not is_main:  # rank 0 tokenizes and caches; the others then read its cache
+    if run.distributed and not run.is_main:
         dist.barrier()
-    train_sets = [features(t, "train") for t in tasks] if args.do_train else []
-    eval_sets = [(t, s, features(t, s)) for t, s in eval_splits]
-    if distributed and is_main:
+    train_sets = [features(t, "train", args.max_train_samples) for t in run.tasks] if args.do_train else []
+    eval_sets = [(t, s, features(t, s, args.max_eval_samples))
+                 for t in run.tasks for s in TASKS[t].dev_splits] if args.do_eval else []
+    if run.distributed and run.is_main:
         dist.barrier()
-    for task, data in zip(tasks, train_sets):
-        logger.info(f"{task}: {len(data)} training examples")
-    pad_to = args.max_seq_length if method.pad_to_max_length else None
+    return train_sets, eval_sets
 
-    # ---------------------------------------------------------------- model
-    torch.manual_seed(args.seed)
-    model = method.modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in tasks])
+
+def load_model(run):
+    """The method's model with the run's heads, from --init_checkpoint (every encoder weight must be there; without
+    --do_train every parameter)."""
+    args = run.args
+    state = source = None
     if args.init_checkpoint:
         try:
-            # Evaluating without training needs a trained model: every task parameter must come from the file.
-            fresh = load_pretrained(model, args.init_checkpoint, require_all=not args.do_train)
+            state, _, source = read_checkpoint(args.init_checkpoint)
         except (OSError, ValueError) as err:
             fail(f"--init_checkpoint: {err}")
-        logger.info(f"loaded {args.init_checkpoint}; {len(fresh)} task parameter tensor(s) start fresh")
-    else:
-        logger.warning("no --init_checkpoint: the encoder starts from random weights")
+    torch.manual_seed(args.seed)
+    try:
+        # Evaluating without training needs a trained model: every task parameter must come from the file.
+        model, fresh = build_model(run.method, run.config, [TASKS[t].num_labels for t in run.tasks], state, source,
+                                   require_all=not args.do_train)
+    except ValueError as err:
+        fail(f"--init_checkpoint: {err}")
     if args.freeze:
         for name, p in model.named_parameters():
             p.requires_grad_(not BERT_PARAMETER.fullmatch(name))
-    model.to(device)
+    return model, fresh
+
+
+def read_resume_state(run):
+    """The checkpoint --resume continues from (None to start afresh), checked against the flags; nothing written."""
+    if not (run.args.resume and run.checkpoint_path.is_file()):
+        return None
+    previous_args = run.output_dir / ARGS_FILE
+    try:
+        previous = json.loads(previous_args.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        fail(f"--resume: cannot read {previous_args} ({err}); start afresh with --overwrite_output_dir")
+    changed = [f"--{k} (was {previous[k]!r}, now {run.resolved[k]!r})"
+               for k in RESUME_INVARIANTS if k in previous and previous[k] != run.resolved[k]]
+    if changed:
+        fail(f"--resume must repeat the interrupted run's settings; changed: {', '.join(changed)}")
+    try:
+        return modeling.load_torch_file(run.checkpoint_path, weights_only=False)
+    except (OSError, ValueError) as err:
+        fail(f"--resume: {err}; start afresh with --overwrite_output_dir")
+
+
+def prepare_output_dir(run, resuming):
+    """From here on the run writes files: its directory, train.log, and (afresh) args.json, config.json, vocab.txt,
+    after the previous run's files are removed. Leftovers of a write that was killed are removed either way."""
+    output_dir = run.output_dir
+    if run.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in output_dir.glob(".*.tmp"):
+            stale.unlink()
+        if not resuming:
+            remove_run_files(output_dir)
+        attach_log_file(output_dir / TEXT_LOG)
+        if not resuming:
+            save_json(run.resolved, output_dir / ARGS_FILE)
+            save_json(model_config_record(run.config, run.method.name, run.tasks, run.args.max_seq_length,
+                                          run.args.do_lower_case), output_dir / CONFIG_FILE)
+            shutil.copyfile(run.args.vocab_file, output_dir / VOCAB_FILE)
+    run.barrier()
+
+
+def remove_run_files(output_dir):
+    """The files a training run writes (RUN_FILES and RUN_FILE_PATTERNS), and nothing else the folder holds."""
+    for name in RUN_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    for pattern in RUN_FILE_PATTERNS:
+        for path in output_dir.glob(pattern):
+            path.unlink()
+
+
+def restore(run, state, model, optimizer, scheduler, scaler, sampler, progress):
+    """Continue from a checkpoint: weights, optimizer, schedule, sampler, step and the dropout random streams."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    sampler.load_state_dict(state["sampler"])
+    progress.global_step, progress.best_score = state["global_step"], state["best_score"]
+    if len(state["rng"]) == run.world_size:  # the dropout streams continue exactly
+        torch.set_rng_state(state["rng"][run.rank]["cpu"])
+        if run.device.type == "cuda" and state["rng"][run.rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"][run.rank]["cuda"])
+    else:
+        logger.warning(f"resuming {len(state['rng'])} process(es)' run with {run.world_size}: same data and tasks, "
+                       "new dropout random streams")
+    if run.is_main:
+        truncate_jsonl(run.output_dir / TRAIN_LOG, progress.global_step)
+        truncate_jsonl(run.output_dir / EVAL_LOG, progress.global_step)
+    logger.info(f"resumed from {run.checkpoint_path} at step {progress.global_step}")
+
+
+def save_checkpoint(run, model, optimizer, scheduler, scaler, sampler, progress):
+    """The resumable state of every rank (RNG states differ per rank), written by rank 0."""
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if run.device.type == "cuda" else None}
+    rngs = [None] * run.world_size
+    if run.distributed:
+        dist.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
+    if run.is_main:
+        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "sampler": sampler.state_dict(), "rng": rngs, "global_step": progress.global_step,
+                    "best_score": progress.best_score, "args": run.resolved}, run.checkpoint_path)
+
+
+def best_model_score(scores, glue, name):
+    """The value --metric_for_best_model names in one evaluation's scores."""
+    if name == MEAN_SCORE:
+        return glue
+    task, _, metric = name.partition("/")
+    return scores[task][metric] if metric else glue_processors.task_score(scores[task])
+
+
+def run_evaluation(run, model, eval_sets, progress, epoch):
+    """Evaluate on rank 0, log, keep the best model; the other ranks wait."""
+    if run.is_main:
+        scores, glue = evaluate(model, eval_sets, run.tasks, run.args.eval_batch_size, run.device, run.autocast_dtype,
+                                run.pad_to)
+        score = best_model_score(scores, glue, run.args.metric_for_best_model)
+        is_best = score > progress.best_score
+        append_jsonl(run.output_dir / EVAL_LOG, {
+            "epoch": epoch, "global_step": progress.global_step, "scores": scores, "glue_score": glue,
+            "task_scores": {t: glue_processors.task_score(m) for t, m in scores.items()}, "best": is_best})
+        where = f"epoch {epoch + 1} step {progress.global_step}" if epoch is not None else run.args.init_checkpoint
+        logger.info(f"dev, {where}: {format_scores(scores, glue)}")
+        if is_best and run.args.do_train:
+            progress.best_score = score
+            save_torch(model.state_dict(), run.output_dir / BEST_MODEL)
+    run.barrier()
+
+
+def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, autocast_dtype=None, frozen=()):
+    """One optimizer step of one task: forward and backward over its micro-batches (make_batch dicts on the model's
+    device; the gradient is their mean), the `frozen` parameters' gradients dropped (no update at all: the optimizers
+    skip parameters without one), unscale (fp16), clip, update, schedule. Returns the mean loss as a device tensor
+    (no host sync). `net` is the model or its DistributedDataParallel wrapper, which syncs on the last micro-batch."""
+    device_type = next(model.parameters()).device.type
+    total = 0.0
+    for i, batch in enumerate(batches):
+        skip_sync = isinstance(net, DistributedDataParallel) and i < len(batches) - 1
+        with (net.no_sync() if skip_sync else contextlib.nullcontext()), \
+                torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                          batch["labels"], token_index=batch["token_index"])
+            loss = loss / len(batches)
+        scaler.scale(loss).backward()
+        total = total + loss.detach()
+    for p in frozen:
+        p.grad = None
+    scaler.unscale_(optimizer)
+    optimization.clip_gradients(model, optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+@dataclass
+class LossTally:
+    """Per-task loss sums and step counts since the last log flush, kept on the device (no host sync per step); a NaN
+    or inf loss makes its task's sum non-finite, so the sums double as the divergence check. The last entry carries
+    the stop request (a signal number) through the all-reduce, so that every rank agrees to stop."""
+
+    sums: torch.Tensor  # (num_tasks + 1,)
+    steps: list
+
+    @classmethod
+    def zeros(cls, num_tasks, device):
+        return cls(torch.zeros(num_tasks + 1, device=device), [0] * num_tasks)
+
+    def add(self, task_id, loss):
+        self.sums[task_id] += loss
+        self.steps[task_id] += 1
+
+
+def flush_log(run, tally, stop, scheduler, progress, epoch, bar):
+    """Write a train_log.jsonl line per task trained since the last flush, show the losses on the progress bar, and
+    return whether to stop. The loop's only host sync and, with several processes, its only all-reduce."""
+    tally.sums[-1] = float(stop.signum or 0)
+    if run.distributed:
+        dist.all_reduce(tally.sums)
+    *sums, stop_votes = tally.sums.tolist()
+    if not all(math.isfinite(s) for s in sums):
+        fail(f"the training loss became NaN or infinite at or before step {progress.global_step}; the last good "
+             f"checkpoint is {run.checkpoint_path}. Lower --learning_rate or try --precision fp32")
+    lr = scheduler.get_last_lr()[0]
+    losses = {task: sums[t] / run.world_size / tally.steps[t] for t, task in enumerate(run.tasks) if tally.steps[t]}
+    if run.is_main:
+        for t, task in enumerate(run.tasks):
+            if tally.steps[t]:
+                append_jsonl(run.output_dir / TRAIN_LOG, {"global_step": progress.global_step, "epoch": epoch,
+                                                          "task": task, "loss": losses[task],
+                                                          "steps": tally.steps[t], "lr": lr})
+        bar.set_postfix_str(" ".join(f"{task} {loss:.3f}" for task, loss in losses.items()) + f" lr {lr:.2e}")
+    tally.sums.zero_()
+    tally.steps[:] = [0] * len(tally.steps)
+    return stop_votes > 0
+
+
+def main(args, method):
+    # ---------------------------------------------------------------- every input checked before anything is written
+    run = start_processes(args, method)
+    check_inputs(run)
+    train_sets, eval_sets = load_data(run)
+    model, fresh = load_model(run)
+    resume_state = read_resume_state(run)
+
+    # ---------------------------------------------------------------- output directory, model on the device
+    prepare_output_dir(run, resuming=resume_state is not None)
+    if args.init_checkpoint:
+        logger.info(f"loaded {args.init_checkpoint}; {len(fresh)} task parameter tensor(s) start fresh")
+    else:
+        logger.warning("no --init_checkpoint: the encoder starts from random weights")
+    model.to(run.device)
+    if not args.do_train:
+        logger.info(f"{run.resolved['model_trained']}: evaluating {args.init_checkpoint or 'the untrained model'} on "
+                    f"the dev sets of {','.join(run.tasks)} | {run.device.type} {run.precision}")
+        run_evaluation(run, model, eval_sets, Progress(), epoch=None)
+        return finish(run)
+    for task, data in zip(run.tasks, train_sets):
+        logger.info(f"{task}: {len(data)} training examples")
+    logger.info(f"{run.resolved['model_trained']}: tasks {','.join(run.tasks)} | {run.device.type} {run.precision} | "
+                f"{run.world_size} process(es) | {run.num_epochs} epoch(s) x {run.steps_per_epoch} steps "
+                f"({run.total_steps} in all), batch {args.train_batch_size}")
     if args.compile:
-        compile_encoder(model, device, cuda_graphs=args.gradient_accumulation_steps == 1)
-        if use_cuda and args.gradient_accumulation_steps > 1:
+        compile_encoder(model, run.device, cuda_graphs=args.gradient_accumulation_steps == 1)
+        if run.device.type == "cuda" and args.gradient_accumulation_steps > 1:
             logger.warning("--compile with --gradient_accumulation_steps above 1: compiled without CUDA graphs, "
                            "which would overwrite the gradients accumulated between micro-batches")
-    net = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
-                                  find_unused_parameters=True) if distributed else model  # other tasks' heads idle
+    net = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+                                  find_unused_parameters=True) if run.distributed else model  # other tasks' heads idle
 
-    # ---------------------------------------------------------------- optimizer, schedule, sampler
-    optimizer = optimization.build_optimizer(model, args.optimizer, args.learning_rate, device_type=device.type)
-    scheduler = optimization.linear_warmup_decay(optimizer, total_steps, args.warmup_proportion)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    sampler = TaskSampler([len(d) for d in train_sets], args.sample, steps_per_epoch, num_epochs, args.seed,
+    # ---------------------------------------------------------------- optimizer, schedule, sampler, resume
+    optimizer = optimization.build_optimizer(model, args.optimizer, args.learning_rate, args.weight_decay,
+                                             device_type=run.device.type)
+    warmup = args.warmup_proportion if args.warmup_steps is None else args.warmup_steps / run.total_steps
+    scheduler = optimization.linear_warmup_decay(optimizer, run.total_steps, warmup)
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
+    sampler = TaskSampler([len(d) for d in train_sets], args.sample, run.steps_per_epoch, run.num_epochs, args.seed,
                           method.anneal_alpha)
-    global_step, best_score = 0, -math.inf
-    torch.manual_seed(args.seed + rank)  # dropout differs between ranks, as between the examples of one batch
-    if resuming:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
-        global_step, best_score = state["global_step"], state["best_score"]
-        if len(state["rng"]) == world_size:  # the dropout streams continue exactly
-            torch.set_rng_state(state["rng"][rank]["cpu"])
-            if use_cuda and state["rng"][rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(state["rng"][rank]["cuda"])
-        else:
-            logger.warning(f"resuming {len(state['rng'])} process(es)' run with {world_size}: same data and tasks, "
-                           "new dropout random streams")
-        if is_main:
-            truncate_jsonl(output_dir / TRAIN_LOG, global_step)
-            truncate_jsonl(output_dir / EVAL_LOG, global_step)
-        logger.info(f"resumed from {checkpoint_path} at step {global_step}")
-
-    def save_checkpoint():
-        """The resumable state of every rank (RNG states differ per rank), written by rank 0."""
-        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if use_cuda else None}
-        rngs = [None] * world_size
-        if distributed:
-            dist.all_gather_object(rngs, rng)
-        else:
-            rngs = [rng]
-        if is_main:
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "sampler": sampler.state_dict(), "rng": rngs, "global_step": global_step,
-                        "best_score": best_score, "args": resolved}, checkpoint_path)
-
-    def run_evaluation(epoch):
-        """Evaluate on rank 0, log, keep the best model; the other ranks wait."""
-        nonlocal best_score
-        if is_main:
-            scores, glue = evaluate(model, eval_sets, tasks, args.eval_batch_size, device, autocast_dtype, pad_to)
-            is_best = glue > best_score
-            append_jsonl(output_dir / EVAL_LOG, {
-                "epoch": epoch, "global_step": global_step, "scores": scores, "glue_score": glue,
-                "task_scores": {t: glue_processors.task_score(m) for t, m in scores.items()}, "best": is_best})
-            logger.info(f"dev, epoch {epoch} step {global_step}: {format_scores(scores, glue)}")
-            if is_best and args.do_train:
-                best_score = glue
-                save_torch(model.state_dict(), output_dir / BEST_MODEL)
-        if distributed:
-            dist.barrier()
-
-    if not args.do_train:
-        run_evaluation(epoch=None)
-        return
+    progress = Progress()
+    torch.manual_seed(args.seed + run.rank)  # dropout differs between ranks, as between the examples of one batch
+    if resume_state is not None:
+        restore(run, resume_state, model, optimizer, scheduler, scaler, sampler, progress)
+    checkpoint = lambda: save_checkpoint(run, model, optimizer, scheduler, scaler, sampler, progress)  # noqa: E731
+    if progress.global_step >= run.total_steps:  # a finished run resumed: nothing to train, nothing to evaluate again
+        logger.info(f"the run already finished at step {progress.global_step}")
+        return finish(run)
 
     # ---------------------------------------------------------------- training loop
     stop = StopRequest()
-    # Per-task loss sums then the stop flag, accumulated on the device (no host sync per step). A NaN or inf loss
-    # makes its task's sum non-finite, so the sums double as the divergence check.
-    tallies = torch.zeros(len(tasks) + 1, device=device)
-    step_counts = [0] * len(tasks)
+    tally = LossTally.zeros(len(run.tasks), run.device)
+    micro_batches = args.gradient_accumulation_steps
     model.train()
-
-    def flush_log(epoch):
-        """Write a train_log.jsonl line per task trained since the last flush; return whether to stop. The loop's
-        only host sync and, with several processes, its only all-reduce: there every rank agrees to stop or not."""
-        tallies[-1] = float(stop.requested)
-        if distributed:
-            dist.all_reduce(tallies)
-        *sums, stop_votes = tallies.tolist()
-        if not all(math.isfinite(s) for s in sums):
-            fail(f"the training loss became NaN or infinite at or before step {global_step}; the last good "
-                 f"checkpoint is {checkpoint_path}. Lower --learning_rate or try --precision fp32")
-        lr = scheduler.get_last_lr()[0]
-        for t, task in enumerate(tasks):
-            if step_counts[t] and is_main:
-                append_jsonl(output_dir / TRAIN_LOG, {"global_step": global_step, "epoch": epoch, "task": task,
-                                                      "loss": sums[t] / world_size / step_counts[t],
-                                                      "steps": step_counts[t], "lr": lr})
-        tallies.zero_()
-        step_counts[:] = [0] * len(tasks)
-        return stop_votes > 0
-
     stopping = False
     try:
-        for epoch in range(global_step // steps_per_epoch, num_epochs):
+        for epoch in range(progress.global_step // run.steps_per_epoch, run.num_epochs):
             schedule = sampler.tasks_for_epoch(epoch).tolist()
-            epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-            first_step = global_step - epoch * steps_per_epoch
-            if first_step == 0 and is_main:
-                counts = {task: schedule[:epoch_steps].count(t) for t, task in enumerate(tasks)}
-                append_jsonl(output_dir / TRAIN_LOG, {"global_step": global_step, "epoch": epoch,
-                                                      "task_counts": counts, "alpha": sampler.alpha(epoch)})
-            bar = tqdm(range(first_step, epoch_steps), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not is_main)
-            for i in bar:
-                task = schedule[i]
-                for micro in range(args.gradient_accumulation_steps):
-                    indices = sampler.next_indices(task, micro_batch * world_size)[rank * micro_batch:
-                                                                                   (rank + 1) * micro_batch]
-                    batch = to_device(glue_processors.make_batch(train_sets[task], indices, pad_to=pad_to,
-                                                                 pad_multiple=PAD_MULTIPLE), device)
-                    last_micro = micro == args.gradient_accumulation_steps - 1
-                    with (net.no_sync() if distributed and not last_micro else contextlib.nullcontext()), \
-                            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task,
-                                      batch["labels"], token_index=batch["token_index"])
-                        loss = loss / args.gradient_accumulation_steps
-                    scaler.scale(loss).backward()
-                    tallies[task] += loss.detach()
-                if method.frozen_parameters:  # frozen = no update at all: the optimizers skip gradient-less ones
-                    for p in method.frozen_parameters(model, task, epoch):
-                        p.grad = None
-                scaler.unscale_(optimizer)
-                optimization.clip_gradients(model, optimizer)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                step_counts[task] += 1
-                end_of_epoch = i == epoch_steps - 1
-                # One process stops at once; several agree at the next log flush (at most --log_steps later).
-                if global_step % args.log_steps == 0 or end_of_epoch or (stop.requested and not distributed):
-                    stopping = flush_log(epoch)
-                if end_of_epoch:
-                    break
-                if stopping or (args.save_checkpoints_steps and global_step % args.save_checkpoints_steps == 0):
-                    save_checkpoint()
-                if stopping:
-                    break
-            bar.close()
+            epoch_steps = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
+            first_step = progress.global_step - epoch * run.steps_per_epoch
+            if first_step == 0 and run.is_main:
+                counts = {task: schedule[:epoch_steps].count(t) for t, task in enumerate(run.tasks)}
+                append_jsonl(run.output_dir / TRAIN_LOG, {"global_step": progress.global_step, "epoch": epoch,
+                                                          "task_counts": counts, "alpha": sampler.alpha(epoch)})
+            with tqdm(total=epoch_steps, initial=first_step, desc=f"epoch {epoch + 1}/{run.num_epochs}",
+                      disable=not run.is_main) as bar:
+                for i in range(first_step, epoch_steps):
+                    task = schedule[i]
+                    batches = []
+                    for _ in range(micro_batches):
+                        indices = sampler.next_indices(task, run.micro_batch * run.world_size)
+                        mine = indices[run.rank * run.micro_batch:(run.rank + 1) * run.micro_batch]
+                        batches.append(to_device(glue_processors.make_batch(
+                            train_sets[task], mine, pad_to=run.pad_to, pad_multiple=PAD_MULTIPLE), run.device))
+                    frozen = method.frozen_parameters(model, task, epoch) if method.frozen_parameters else ()
+                    tally.add(task, training_step(net, model, batches, task, optimizer, scheduler, scaler,
+                                                  run.autocast_dtype, frozen))
+                    progress.global_step += 1
+                    bar.update()
+                    end_of_epoch = i == epoch_steps - 1
+                    # One process stops at once; several agree at the next log flush (at most --log_steps later).
+                    if progress.global_step % args.log_steps == 0 or end_of_epoch or (
+                            stop.requested and not run.distributed):
+                        stopping = flush_log(run, tally, stop, scheduler, progress, epoch, bar)
+                    if end_of_epoch:
+                        break
+                    if args.do_eval and args.eval_steps and progress.global_step % args.eval_steps == 0:
+                        run_evaluation(run, model, eval_sets, progress, epoch)
+                    if stopping or (args.save_checkpoints_steps and
+                                    progress.global_step % args.save_checkpoints_steps == 0):
+                        checkpoint()
+                    if stopping:
+                        break
             if stopping and not end_of_epoch:
                 break
             if args.do_eval:
-                run_evaluation(epoch)
-            elif is_main:  # without evaluation the "best" model is the latest one
-                save_torch(model.state_dict(), output_dir / BEST_MODEL)
-            if method.checkpoint_every_epoch and is_main:
-                save_torch(model.state_dict(), output_dir / f"model_epoch_{epoch}.pth")
-            save_checkpoint()
+                run_evaluation(run, model, eval_sets, progress, epoch)
+            elif run.is_main:  # without evaluation the "best" model is the latest one
+                save_torch(model.state_dict(), run.output_dir / BEST_MODEL)
+            if method.checkpoint_every_epoch and run.is_main:
+                save_torch(model.state_dict(), run.output_dir / EPOCH_MODEL.format(epoch))
+            checkpoint()
             if stopping:
                 break
     finally:
         stop.restore()
     if stopping:
-        logger.info(f"saved {checkpoint_path} at step {global_step}; continue with --resume")
-    else:
-        logger.info(f"done: {global_step} steps" + (f"; best dev GLUE score {best_score:.2f}" if args.do_eval else ""))
-    if distributed:
+        logger.info(f"saved {run.checkpoint_path} at step {progress.global_step}; continue with --resume")
+        finish(run)
+        raise SystemExit(stop.exit_status())
+    best = "GLUE" if args.metric_for_best_model == MEAN_SCORE else args.metric_for_best_model
+    logger.info(f"done: {progress.global_step} steps" +
+                (f"; best dev {best} score {progress.best_score:.2f}" if args.do_eval else ""))
+    return finish(run)
+
+
+def finish(run):
+    if run.distributed:
         dist.destroy_process_group()

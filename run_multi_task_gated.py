@@ -10,12 +10,9 @@ Several GPUs (--train_batch_size stays the global batch):
     torchrun --nproc_per_node=8 run_multi_task_gated.py <same flags>
 CPU smoke run: add --no_cuda --tasks cola,mrpc,rte,sts,sst --num_train_epochs 2 --steps_per_epoch 20
 """
-import modeling_gated
-from multitask import Method, main, parse_args
+from multitask import METHODS, main, parse_args
 
-METHOD = Method(name="gated", modeling=modeling_gated, anneal_alpha=modeling_gated.anneal_alpha,
-                frozen_parameters=modeling_gated.frozen_parameters, pad_to_max_length=True,
-                checkpoint_every_epoch=True)
+METHOD = METHODS["gated"]
 
 if __name__ == "__main__":
     main(parse_args(__doc__), METHOD)

@@ -18,7 +18,6 @@ is missing is reported by name and skipped; the others are still written. With -
 the dev-set predictions (index = row number), and dev_results.json the metrics.
 """
 import argparse
-import dataclasses
 import json
 import re
 import zipfile
@@ -29,18 +28,10 @@ import torch
 from torch import nn
 
 import glue_processors
-import run_multi_task
-import run_multi_task_gated
-import tokenization
 from glue_processors import ALL_TASKS, STS_MAX_SCORE, TASKS
-from modeling import load_mapped_state, map_state_dict, read_state_dict
-from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, VOCAB_FILE, Method, fail, format_scores,
-                       logits_to_predictions, predict, resolve_precision, save_json, write_atomic)
-
-# The training scripts' methods, by the name a run's config.json records: the model module, and whether batches
-# are padded to max_seq_length (Gated-BERT) or to the longest example (EmBERT). Predicting exactly as training
-# evaluated is what makes --split dev reproduce a run's logged dev metrics.
-METHODS = {method.name: method for method in (run_multi_task.METHOD, run_multi_task_gated.METHOD)}
+from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, METHODS, VOCAB_FILE, Method, batch_padding,
+                       build_model, check_model_inputs, configure_model, fail, format_scores, logits_to_predictions,
+                       predict, read_checkpoint, resolve_precision, save_json, select_device, write_atomic)
 # Tasks predicted without a head of their own: WNLI (the majority class) and AX (the MNLI head).
 EXTRA_TASKS = ("wnli", "ax")
 # WNLI's majority class, what GLUE's own baselines predict for it (65.1% of its test set).
@@ -92,6 +83,8 @@ def parse_args(argv=None):
                              "~/.cache/embert)")
     # Output and hardware.
     parser.add_argument("--output_dir", required=True, help="where the submission files go")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="write into a non-empty --output_dir (the files of an earlier prediction are replaced)")
     parser.add_argument("--eval_batch_size", type=int, default=None,
                         help=f"examples per batch (default: the run's, else {DEFAULT_EVAL_BATCH_SIZE})")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
@@ -166,17 +159,16 @@ def check_heads(state, heads, path, source):
 def read_mapped_state(path):
     """The checkpoint's tensors under our parameter names, and whether it is in the original code's format."""
     try:
-        raw, path = read_state_dict(path)
-    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: torch.load of a file that is no checkpoint
+        state, raw_keys, path = read_checkpoint(path)
+    except (OSError, ValueError) as err:
         fail(f"--model_dir: {err}")
-    return map_state_dict(raw), any(ORIGINAL_FORMAT_KEY.search(key) for key in raw), path
+    return state, any(ORIGINAL_FORMAT_KEY.search(key) for key in raw_keys), path
 
 
-def build_model(method, config, heads, state, path):
+def load_model(method, config, heads, state, path):
     """The method's BertForMultiTask with one head per task, every parameter loaded from `state` (read from `path`)."""
     try:
-        model = method.modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in heads])
-        load_mapped_state(model, state, path, require_all=True)
+        model, _ = build_model(method, config, [TASKS[t].num_labels for t in heads], state, path, require_all=True)
     except ValueError as err:
         fail(str(err))
     return model.eval()
@@ -220,7 +212,7 @@ def load_run_directory(args):
     state, _, checkpoint = read_mapped_state(checkpoint)
     check_heads(state, heads, checkpoint, config_path)
     args_file = directory / ARGS_FILE
-    return LoadedModel(build_model(method, config, heads, state, checkpoint), method, heads,
+    return LoadedModel(load_model(method, config, heads, state, checkpoint), method, heads,
                        tasks_to_predict(args.tasks, heads), vocab_file, record["do_lower_case"], max_seq_length,
                        json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {})
 
@@ -252,10 +244,9 @@ def load_checkpoint_file(args):
     if method.pad_to_max_length:
         # As in training. The gate's input size fixes max_seq_length: a mismatch fails to load, naming both lengths.
         # The adapters' rank is a shape only (the original's --h_aug): take the checkpoint's.
-        rank = next((value.shape[0] for key, value in state.items() if ADAPTER_KEY.search(key)),
-                    config.hidden_size_aug)
-        config = dataclasses.replace(config, max_seq_length=max_seq_length, hidden_size_aug=rank)
-    return LoadedModel(build_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
+        rank = next((value.shape[0] for key, value in state.items() if ADAPTER_KEY.search(key)), None)
+        config = configure_model(method, config, max_seq_length, rank)
+    return LoadedModel(load_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
                        bool(args.do_lower_case), max_seq_length, {})
 
 
@@ -280,6 +271,12 @@ def prediction_strings(head, predictions):
         scores = (predictions * STS_MAX_SCORE).clamp(0.0, STS_MAX_SCORE)
         return [f"{score:.{STS_DECIMALS}f}" for score in scores.tolist()]
     return [task.labels[i] for i in predictions.tolist()]
+
+
+def prediction_files():
+    """Every file this script may write: what --overwrite_output_dir replaces, and nothing else."""
+    return [*(task.submission_file(split) for task in TASKS.values() for split in task.test_splits), SUBMISSION_ZIP,
+            DEV_RESULTS]
 
 
 def write_submission_file(path, indices, values):
@@ -329,23 +326,21 @@ def main(args):
         fail("--data_dir is required with a checkpoint file")
     cache_dir = args.cache_dir or run_args.get("cache_dir")
     batch_size = args.eval_batch_size or run_args.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)
-    if loaded.max_seq_length > model.config.max_position_embeddings:
-        fail(f"--max_seq_length {loaded.max_seq_length} is more than the model's max_position_embeddings "
-             f"{model.config.max_position_embeddings}")
     try:
-        vocab_size = len(tokenization.load_vocab(loaded.vocab_file))
+        check_model_inputs(model.config, loaded.vocab_file, loaded.max_seq_length, "the model's config")
     except (OSError, ValueError) as err:
-        fail(f"--vocab_file: {err}")
-    if vocab_size > model.config.vocab_size:
-        fail(f"vocab file {loaded.vocab_file} has {vocab_size} tokens but the model's vocab_size is "
-             f"{model.config.vocab_size}: they must come from the same model")
-    use_cuda = torch.cuda.is_available() and not args.no_cuda
-    device = torch.device("cuda") if use_cuda else torch.device("cpu")
+        fail(str(err))
+    output_dir = Path(args.output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
+        fail(f"--output_dir {output_dir} is not empty: pass --overwrite_output_dir to replace its predictions")
+    device = select_device(args.no_cuda)
     precision = resolve_precision("auto", device)  # bf16 on CUDA where the GPU supports it, else fp32
     model.to(device)
-    pad_to = loaded.max_seq_length if loaded.method.pad_to_max_length else None
+    pad_to = batch_padding(loaded.method, loaded.max_seq_length)
     print(f"{loaded.method.name} model {args.model_dir} (heads {','.join(loaded.heads)}) | {device.type} "
           f"{precision} | {args.split} sets of {','.join(loaded.tasks)}")
+    origin = "--data_dir" if args.data_dir else f"the training run's --data_dir ({ARGS_FILE})"
+    print(f"reading the {args.split} files from {data_dir} ({origin})")
 
     # ---------------------------------------------------------------- data: every file read before any prediction
     jobs, missing, features = submission_jobs(loaded.tasks, args.split), {}, {}
@@ -365,8 +360,9 @@ def main(args):
         fail(f"--data_dir {data_dir} has none of the {args.split} files of {','.join(loaded.tasks)}")
 
     # ---------------------------------------------------------------- predict, write one file per split
-    output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    for name in prediction_files():  # an earlier prediction's (--overwrite_output_dir), maybe of the other --split
+        (output_dir / name).unlink(missing_ok=True)
     written, scores = [], {}
     for task, split, file_name in jobs:
         if file_name in missing:

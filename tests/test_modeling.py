@@ -690,3 +690,47 @@ def test_regression_loss_is_mse():
     logits, loss = model(*batch, 2, labels=targets)
     assert logits.shape == (3, 1)
     assert_close(loss, ((logits[:, 0] - targets) ** 2).mean(), atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------- unreadable files
+
+def tiny_state(tmp_path):
+    model = BertForMultiTask(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                        intermediate_size=37), [2])
+    return model, model.state_dict()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("weights.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n",
+     r"weights.pth is not a PyTorch or safetensors file \(it starts with text: 'version https://git-lfs"),
+    ("model.safetensors", b"hello, I am a text file\n", r"model.safetensors is not a PyTorch or safetensors file"),
+    ("empty.bin", b"", r"empty.bin is empty \(0 bytes\)"),
+])
+def test_a_file_that_is_no_checkpoint_is_named_in_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        load_pretrained(tiny_state(tmp_path)[0], path)
+    assert "\n" not in str(error.value)
+
+
+def test_truncated_safetensors_says_how_many_bytes(tmp_path):
+    model, state = tiny_state(tmp_path)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match=rf"model.safetensors is truncated: {len(whole) // 2} of {len(whole)} bytes"):
+        load_pretrained(model, path)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.999])
+def test_truncated_torch_file_is_named(tmp_path, fraction):
+    model, state = tiny_state(tmp_path)
+    path = tmp_path / "best_model.pth"
+    torch.save(state, path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:int(len(whole) * fraction)])
+    with pytest.raises(ValueError, match=r"best_model.pth is truncated: \d+ bytes of a PyTorch zip archive") as error:
+        load_pretrained(model, path)
+    assert "\n" not in str(error.value)

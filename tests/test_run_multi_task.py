@@ -1,6 +1,7 @@
 """run_multi_task.py end to end: the seed command on real GLUE data and MiniLM weights, Ctrl-C and --resume,
 torchrun, and bad input. Runs call `multitask.main` in-process where they can (no interpreter start-up per run)."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -80,7 +81,7 @@ def test_seed_command_trains_evaluates_and_writes_every_file(tmp_path, minilm_em
     assert args["tasks"] == SMALL_TASKS.split(",") and args["steps_per_epoch"] == 20 and args["total_steps"] == 40
     state = torch.load(out / "best_model.pth", weights_only=True)
     assert state["classifier.3.weight"].shape == (1, 384)  # STS-B: one regression output
-    assert "dev, epoch 1 step 40" in (out / "train.log").read_text()
+    assert "dev, epoch 2 step 40" in (out / "train.log").read_text()  # epochs read by people count from 1
 
 
 def test_output_directory_is_not_overwritten(tmp_path, tiny_config):
@@ -111,17 +112,17 @@ def run_script(argv, env=None, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def interrupt_at_step(process, log, global_step, timeout=120):
-    """Ctrl-C (SIGINT) a running training process once its `log` (train_log.jsonl) has reached `global_step`; its
-    output, once it has exited cleanly."""
+def interrupt_at_step(process, log, global_step, timeout=120, signum=signal.SIGINT):
+    """Ctrl-C (SIGINT, or `signum`) a running training process once its `log` (train_log.jsonl) has reached
+    `global_step`; its output, once it has saved its checkpoint and exited with 128 + the signal's number."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         if log.exists() and any(r.get("global_step", 0) >= global_step for r in read_jsonl(log) if "loss" in r):
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
             break
         time.sleep(0.005)
     output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output
+    assert process.returncode == multitask.SIGNAL_EXIT_BASE + signum, output
     return output
 
 
@@ -243,3 +244,227 @@ def test_eval_only_refuses_a_checkpoint_without_trained_heads(tmp_path, tiny_con
     with pytest.raises(SystemExit,
                        match=r"--init_checkpoint: checkpoint .*bert.pth lacks 12 parameter\(s\): .*query_task_emb"):
         run(argv)
+
+
+# ---------------------------------------------------------------------------------------------------- nothing lost
+
+def files_and_bytes(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def one_line_error(argv):
+    with pytest.raises(SystemExit) as error:
+        run(argv)
+    message = str(error.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_config):
+    """A short finished run with evaluation: its files must survive every failed attempt below."""
+    base = tmp_path_factory.mktemp("finished")
+    out = base / "run"
+    run(tiny_command(out, tiny_config, base / "cache", "--steps_per_epoch", 2, "--do_eval", "--eval_batch_size", 64))
+    return out, base / "cache"
+
+
+def test_failed_overwrite_keeps_the_old_run_byte_for_byte(finished_run, tiny_config, tmp_path):
+    out, cache = finished_run
+    before = files_and_bytes(out)
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text('{"vocab_size": 30522, "hidden_size": 32')
+    message = one_line_error([*tiny_command(out, bad_config, cache, "--steps_per_epoch", 2),
+                              "--overwrite_output_dir"])
+    assert "bad.json is not valid JSON" in message
+    assert files_and_bytes(out) == before
+
+
+def test_failed_start_leaves_no_output_directory_then_the_corrected_command_runs(tmp_path, tiny_config):
+    out = tmp_path / "fresh"
+    bad_data = tmp_path / "glue"
+    (bad_data / "RTE").mkdir(parents=True)
+    for task in ("CoLA", "STS-B"):
+        (bad_data / task).symlink_to(fixture_glue_dir() / task)
+    (bad_data / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tonly two fields\n")
+    argv = [*tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2)]
+    argv[argv.index("--data_dir") + 1] = bad_data
+    assert "RTE/train.tsv" in one_line_error(argv)
+    assert not out.exists()
+    run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2))
+    assert (out / "last_checkpoint.pth").is_file()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("notes.txt", b"these are my notes\n", "notes.txt is not a PyTorch or safetensors file"),
+    ("model.safetensors", b"not safetensors at all\n", "model.safetensors is not a PyTorch or safetensors file"),
+])
+def test_init_checkpoint_that_is_no_checkpoint(tmp_path, tiny_config, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    out = tmp_path / "out"
+    error = one_line_error([*tiny_command(out, tiny_config, tmp_path / "cache"), "--init_checkpoint", path])
+    assert error.startswith("error: --init_checkpoint: checkpoint") and message in error
+    assert not out.exists()
+
+
+def test_truncated_init_checkpoint(finished_run, tiny_config, tmp_path):
+    out, cache = finished_run
+    cut = tmp_path / "cut.pth"
+    whole = (out / "best_model.pth").read_bytes()
+    cut.write_bytes(whole[:len(whole) // 2])
+    error = one_line_error([*tiny_command(tmp_path / "out", tiny_config, cache), "--init_checkpoint", cut])
+    assert "cut.pth is truncated" in error
+
+
+def test_resume_from_a_corrupt_checkpoint_is_one_line_and_changes_nothing(finished_run, tiny_config, tmp_path):
+    out, cache = finished_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name, data in files_and_bytes(out).items():
+        (copy / name).write_bytes(data)
+    checkpoint = copy / multitask.LAST_CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = files_and_bytes(copy)
+    error = one_line_error([*tiny_command(copy, tiny_config, cache, "--steps_per_epoch", 2, "--do_eval",
+                                          "--eval_batch_size", 64), "--resume"])
+    assert f"--resume: checkpoint {checkpoint} is truncated" in error
+    assert files_and_bytes(copy) == before
+
+
+def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(finished_run, tmp_path, monkeypatch):
+    out, _ = finished_run
+    checkpoint = tmp_path / multitask.LAST_CHECKPOINT
+    checkpoint.write_bytes((out / multitask.LAST_CHECKPOINT).read_bytes())
+    state = torch.load(checkpoint, weights_only=False)
+
+    def no_space(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")  # errno 28: ENOSPC
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(SystemExit) as error:
+        multitask.save_torch(state, checkpoint)
+    message = str(error.value)
+    assert f"no space left on the device writing {checkpoint} (about" in message and "MB needed" in message
+    assert f"the previous {multitask.LAST_CHECKPOINT} is kept" in message and "\n" not in message
+    monkeypatch.undo()
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == state["global_step"]
+    assert [p.name for p in tmp_path.iterdir()] == [multitask.LAST_CHECKPOINT]  # no temporary file left
+
+
+def test_a_killed_write_leaves_no_temporary_file_after_the_next_start(finished_run, tiny_config, tmp_path):
+    out, cache = finished_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name, data in files_and_bytes(out).items():
+        (copy / name).write_bytes(data)
+    stale = copy / f".{multitask.LAST_CHECKPOINT}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    run([*tiny_command(copy, tiny_config, cache, "--steps_per_epoch", 2, "--do_eval", "--eval_batch_size", 64),
+         "--resume"])
+    assert not stale.exists()
+
+
+def test_config_without_our_attn_warns_and_records_the_shared_encoder(tmp_path, caplog):
+    config = tmp_path / "hf_config.json"
+    config.write_text(json.dumps({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "intermediate_size": 37}))
+    out = tmp_path / "out"
+    run(tiny_command(out, config, tmp_path / "cache", "--steps_per_epoch", 1))
+    log = (out / "train.log").read_text()
+    assert log.count("does not set our_attn: training the shared encoder") == 1
+    assert json.loads((out / "args.json").read_text())["model_trained"] == "shared encoder"
+    assert json.loads((out / "config.json").read_text())["our_attn"] is False
+
+
+def test_paths_are_stored_absolute(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    relative_data = os.path.relpath(fixture_glue_dir(), ROOT)
+    argv = tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 1)
+    argv[argv.index("--data_dir") + 1] = relative_data
+    run(argv)
+    args = json.loads((out / "args.json").read_text())
+    assert args["data_dir"] == str(fixture_glue_dir()) and os.path.isabs(args["vocab_file"])
+
+
+def test_sigterm_saves_and_exits_143(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    argv = tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 500)
+    output = interrupt_at_step(run_script(argv), out / "train_log.jsonl", 3, signum=signal.SIGTERM)
+    assert "continue with --resume" in output
+    assert torch.load(out / "last_checkpoint.pth", weights_only=False)["global_step"] >= 3
+
+
+def test_eval_only_says_what_it_evaluates(finished_run, tiny_config, tmp_path):
+    out, cache = finished_run
+    evaluated = tmp_path / "evaluated"
+    argv = [a for a in tiny_command(evaluated, tiny_config, cache, "--do_eval", "--eval_batch_size", 64,
+                                    "--init_checkpoint", out / "best_model.pth") if a != "--do_train"]
+    run(argv)
+    log = (evaluated / "train.log").read_text()
+    assert f"evaluating {out / 'best_model.pth'} on the dev sets of cola,rte,sts" in log
+    assert "epoch" not in log and "steps" not in log
+
+
+# ---------------------------------------------------------------------------------------------------- run_glue flags
+
+def flag_run(tmp_path, tiny_config, name, *flags):
+    out = tmp_path / name
+    run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 4, "--do_eval", "--eval_batch_size",
+                     64, *flags))
+    return out
+
+
+def test_max_steps_overrides_epochs(tmp_path, tiny_config):
+    out = flag_run(tmp_path, tiny_config, "run", "--max_steps", 6)
+    args = json.loads((out / "args.json").read_text())
+    assert args["total_steps"] == 6 and args["num_epochs"] == 2 and args["max_steps"] == 6
+    assert [(e["epoch"], e["global_step"]) for e in read_jsonl(out / "eval_results.jsonl")] == [(0, 4), (1, 6)]
+
+
+def test_warmup_steps_and_weight_decay_reach_the_optimizer(tmp_path, tiny_config):
+    out = flag_run(tmp_path, tiny_config, "run", "--warmup_steps", 4, "--weight_decay", 0.5, "--log_steps", 1)
+    lrs = [r["lr"] for r in read_jsonl(out / "train_log.jsonl") if "lr" in r]
+    assert lrs[:4] == pytest.approx([1e-3 * s / 4 for s in (1, 2, 3, 4)])  # linear warm-up over exactly 4 steps
+    state = torch.load(out / "last_checkpoint.pth", weights_only=False)
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.5, 0.0]
+
+
+def test_eval_steps_evaluates_between_epochs(tmp_path, tiny_config):
+    out = flag_run(tmp_path, tiny_config, "run", "--eval_steps", 3)
+    assert [e["global_step"] for e in read_jsonl(out / "eval_results.jsonl")] == [3, 4, 6, 8]
+
+
+def test_max_samples_limit_the_data(tmp_path, tiny_config, caplog):
+    out = flag_run(tmp_path, tiny_config, "run", "--max_train_samples", 10, "--max_eval_samples", 7)
+    log = (out / "train.log").read_text()
+    assert "cola: 10 training examples" in log and "rte: 10 training examples" in log
+    # 7 dev examples: an accuracy is a multiple of 1/7
+    rte = read_jsonl(out / "eval_results.jsonl")[-1]["scores"]["rte"]["acc"]
+    assert round(rte * 7 / 100, 6) == round(rte * 7 / 100)
+
+
+def test_metric_for_best_model_picks_the_checkpoint(tmp_path, tiny_config):
+    out = flag_run(tmp_path, tiny_config, "run", "--metric_for_best_model", "sts/pearson", "--num_train_epochs", 3)
+    evals = read_jsonl(out / "eval_results.jsonl")
+    pearson = [e["scores"]["sts"]["pearson"] for e in evals]
+    best = [e["best"] for e in evals]
+    assert best == [p > max(pearson[:i], default=-math.inf) for i, p in enumerate(pearson)]
+    with pytest.raises(SystemExit):
+        multitask.parse_args(run_multi_task.__doc__, [str(a) for a in tiny_command(
+            tmp_path / "x", tiny_config, tmp_path / "cache", "--metric_for_best_model", "mrpc/f1")])
+
+
+@pytest.mark.parametrize("flag, first, second", [
+    ("--max_steps", 5, 6), ("--warmup_steps", 1, 2), ("--weight_decay", 0.1, 0.2), ("--eval_steps", 2, 3),
+    ("--max_train_samples", 20, 30), ("--max_eval_samples", 20, 30), ("--metric_for_best_model", "mean", "rte"),
+])
+def test_resume_refuses_a_changed_flag(tmp_path, tiny_config, flag, first, second):
+    out = tmp_path / "run"
+    command = lambda value: [*tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2, "--do_eval",
+                                           "--eval_batch_size", 64), flag, value]
+    run(command(first))
+    error = one_line_error([*command(second), "--resume"])
+    assert f"changed: {flag} (was {first!r}, now {second!r})" in error

@@ -395,3 +395,29 @@ def test_error_checkpoint_file_without_its_config(workspace, tmp_path):
     torch.save(tiny_model(modeling, ALL_TASKS).state_dict(), tmp_path / "model.pth")
     message = error_of("--model_dir", tmp_path / "model.pth", *checkpoint_file_flags(workspace, tmp_path))
     assert "give --bert_config_file and --vocab_file" in message
+
+
+def test_error_truncated_best_model_names_the_file(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["embert"], run)
+    best = run / multitask.BEST_MODEL
+    best.write_bytes(best.read_bytes()[:4096])
+    message = error_of("--model_dir", run, "--output_dir", tmp_path / "out")
+    assert f"--model_dir: checkpoint {best} is truncated" in message
+
+
+def test_non_empty_output_dir_is_refused_unless_overwritten(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    run_script("--model_dir", runs["embert"], "--output_dir", out, "--split", "dev", "--tasks", "rte,sts")
+    assert (out / run_test_multi_task.DEV_RESULTS).is_file()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "is not empty: pass --overwrite_output_dir" in error_of("--model_dir", runs["embert"], "--output_dir", out,
+                                                                  "--tasks", "rte")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "my_notes.txt").write_text("kept")
+    capsys.readouterr()
+    run_script("--model_dir", runs["embert"], "--output_dir", out, "--tasks", "rte", "--overwrite_output_dir")
+    printed = capsys.readouterr().out
+    assert f"reading the test files from {fixture_glue_dir()} (the training run's --data_dir" in printed
+    # the dev split's files are gone (no stale dev_results.json beside test predictions); other files stay
+    assert sorted(p.name for p in out.iterdir()) == ["RTE.tsv", "my_notes.txt", run_test_multi_task.SUBMISSION_ZIP]
