@@ -2,7 +2,9 @@
 
 The table
 ---------
-`TASKS` maps each task name to a frozen `Task`; everything task-specific lives there and nowhere else:
+`TASKS` maps each task name to a frozen `Task`, which is `Problem`, the row type of every problem table
+(problems.py adds People's Daily's and the user's problems, of the types cls, regression, multi_cls and seq_tag);
+everything task-specific lives there and nowhere else:
 
     Task(name="mrpc", directory="MRPC",
          splits={"train": SplitFormat("train.tsv", header=True, text_columns=(3, 4), label_column=0),
@@ -10,11 +12,13 @@ The table
                  "test":  SplitFormat("test.tsv",  header=True, text_columns=(3, 4), index_column=0)},
          labels=("0", "1"),                  # in the head's output order; None = regression (STS-B)
          metrics={"dev": ("f1", "acc")},     # per dev split
-         submission_files={"test": "MRPC.tsv"})
+         submission_files={"test": "MRPC.tsv"},
+         type="cls", score_rule="mean")      # STS-B: type="regression", label_scale=5.0
 
 Columns are 0-based; a negative column counts from the end (-1 = the last: MNLI train has 12 columns, its dev files 16).
 Splits are "train", "dev" and "test", except MNLI ("dev_matched", "dev_mismatched", "test_matched",
-"test_mismatched") and AX (the diagnostic set: "test" only, predicted with the MNLI head, so it has MNLI's labels).
+"test_mismatched") and AX (the diagnostic set: "test" only, predicted with the MNLI head, so it has MNLI's labels:
+head_of="mnli"). WNLI's default_label "0" is what a model without a WNLI head predicts (the paper trains none).
 `ALL_TASKS` is the original code's `--tasks all` order: a task's position there indexes its head and task embedding.
 
 Files
@@ -47,7 +51,9 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +73,9 @@ FEATURE_FORMAT_VERSION = 1
 STS_MAX_SCORE = 5.0
 # Google's BERT pads input_ids with 0 ([PAD] is line 0 of every BERT vocabulary).
 PAD_ID = 0
+# Token label where there is none to learn ([CLS], [SEP], padding, a word's later pieces): the default
+# ignore_index of torch.nn.functional.cross_entropy.
+IGNORE_INDEX = -100
 # Fewest tokens a sequence can have: [CLS] [SEP] [SEP] (a pair with both sentences truncated away).
 MIN_SEQ_LENGTH = 3
 # Below this many examples, starting worker processes costs more than it saves (about 0.5 s of tokenizing).
@@ -84,7 +93,8 @@ HASH_BLOCK_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class SplitFormat:
-    """How to read one split's file: name, header or not, and which columns hold what (0-based; -1 = last)."""
+    """How to read one split's GLUE file: name, header or not, and which columns hold what (0-based; -1 = last)."""
+    format: ClassVar[str] = "glue_tsv"  # the reader that problems.py uses for it
     file: str
     header: bool
     text_columns: tuple  # (a,) for single sentences, (a, b) for pairs
@@ -93,22 +103,56 @@ class SplitFormat:
     skip_malformed_rows: bool = False  # QQP train/dev: skip rows with the wrong number of fields, as the original did
 
 
+# What a problem predicts; each type decides its labels' encoding, head, loss, metrics and prediction file
+# (problems.TYPES). GLUE rows are "cls", except STS-B ("regression").
+PROBLEM_TYPES = ("cls", "regression", "multi_cls", "seq_tag")
+# How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
+# accuracy, say), as the original code did; other problems use their first metric.
+SCORE_RULES = ("mean", "first")
+
+
 @dataclass(frozen=True)
-class Task:
+class Problem:
+    """One row of a problem table: a GLUE task, a People's Daily problem or one the user defines (problems.py).
+
+    `Task` is this same class: GLUE's rows are problems. GLUE's quirks are fields of their rows:
+    label_scale (STS-B's 5.0: the regression target is label / scale; predictions are written x scale, clipped to
+    [0, scale]), head_of ("mnli" for AX: predicted with that problem's head), default_label ("0" for WNLI: the class
+    predicted when the model has no head for it).
+    """
     name: str
-    directory: str
-    splits: dict  # split name -> SplitFormat
-    labels: tuple | None  # output order of the head; None = regression
-    metrics: dict  # dev split -> metric names
-    submission_files: dict  # test split -> GLUE submission file name
+    directory: str  # under --data_dir ("" for the user's problems, whose files are absolute paths)
+    splits: dict  # split name -> how to read it (SplitFormat for GLUE; the other formats are in problems.py)
+    labels: tuple | None  # output order of the head (cls, multi_cls, seq_tag); None = regression
+    metrics: dict  # dev split -> metric names, in the order they are reported
+    submission_files: dict = field(default_factory=dict)  # GLUE test split -> GLUE server file name
+    type: str = "cls"  # one of PROBLEM_TYPES
+    label_scale: float | None = None  # regression: targets are label / label_scale
+    head_of: str | None = None  # predicted with this problem's head (AX: "mnli")
+    default_label: str | None = None  # predicted for every example when the model has no head for it (WNLI: "0")
+    score_rule: str = "first"  # one of SCORE_RULES
+
+    def __post_init__(self):
+        if self.type not in PROBLEM_TYPES:
+            raise ValueError(
+                f"problem {self.name}: unknown type {self.type!r}; expected one of {', '.join(PROBLEM_TYPES)}"
+            )
+        if (self.labels is None) != (self.type == "regression"):
+            raise ValueError(f"problem {self.name}: a {self.type} problem "
+                             f"{'has no labels' if self.type == 'regression' else 'needs its list of labels'}")
+        if self.label_scale is not None and (self.type != "regression" or not self.label_scale > 0):
+            raise ValueError(f"problem {self.name}: label_scale must be a positive number, and only for regression")
+        if self.score_rule not in SCORE_RULES:
+            raise ValueError(f"problem {self.name}: score_rule {self.score_rule!r} is not one of {SCORE_RULES}")
 
     @property
     def is_regression(self):
-        return self.labels is None
+        return self.type == "regression"
 
     @property
     def num_labels(self):
-        return 1 if self.is_regression else len(self.labels)
+        """Outputs of the problem's head: 1 for regression, one per label otherwise."""
+        return 1 if self.labels is None else len(self.labels)
 
     @property
     def dev_splits(self):
@@ -141,6 +185,25 @@ class Task:
         self.split_format(kind)
         return (kind,)
 
+    def to_record(self):
+        """A JSON-ready dict of every field (each split as {"format": ..., its fields}); problems.problem_from_record
+        rebuilds the problem from it, so a run's config.json can carry the user's problems."""
+        record = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "splits":
+                value = {split: {"format": fmt.format, **asdict(fmt)} for split, fmt in value.items()}
+            elif item.name == "labels" and value is not None:
+                value = list(value)
+            elif item.name == "metrics":
+                value = {split: list(names) for split, names in value.items()}
+            record[item.name] = value
+        return record
+
+
+# The original code's name for a GLUE row.
+Task = Problem
+
 
 def _labelled(file, text_columns, label_column, header=True, skip_malformed_rows=False):
     return SplitFormat(file, header, text_columns, label_column=label_column, skip_malformed_rows=skip_malformed_rows)
@@ -155,21 +218,26 @@ LAST = -1
 BINARY_LABELS = ("0", "1")
 MNLI_LABELS = ("contradiction", "entailment", "neutral")
 ENTAILMENT_LABELS = ("not_entailment", "entailment")
+# WNLI's majority class in train and dev: predicted when a model has no WNLI head (the paper trains none).
+WNLI_MAJORITY_LABEL = "0"
+
+# GLUE rows average their metrics into the task score, as the original code did.
+_glue_task = partial(Task, score_rule="mean")
 
 TASKS = {
-    "cola": Task(
+    "cola": _glue_task(
         "cola", "CoLA",
         {"train": _labelled("train.tsv", (3,), 1, header=False),
          "dev": _labelled("dev.tsv", (3,), 1, header=False),
          "test": _unlabelled("test.tsv", (1,))},
         BINARY_LABELS, {"dev": ("mcc",)}, {"test": "CoLA.tsv"}),
-    "mrpc": Task(
+    "mrpc": _glue_task(
         "mrpc", "MRPC",
         {"train": _labelled("train.tsv", (3, 4), 0),
          "dev": _labelled("dev.tsv", (3, 4), 0),
          "test": _unlabelled("test.tsv", (3, 4))},
         BINARY_LABELS, {"dev": ("f1", "acc")}, {"test": "MRPC.tsv"}),
-    "mnli": Task(
+    "mnli": _glue_task(
         "mnli", "MNLI",
         {"train": _labelled("train.tsv", (8, 9), LAST),
          "dev_matched": _labelled("dev_matched.tsv", (8, 9), LAST),
@@ -178,46 +246,48 @@ TASKS = {
          "test_mismatched": _unlabelled("test_mismatched.tsv", (8, 9))},
         MNLI_LABELS, {"dev_matched": ("acc_m",), "dev_mismatched": ("acc_mm",)},
         {"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"}),
-    "rte": Task(
+    "rte": _glue_task(
         "rte", "RTE",
         {"train": _labelled("train.tsv", (1, 2), LAST),
          "dev": _labelled("dev.tsv", (1, 2), LAST),
          "test": _unlabelled("test.tsv", (1, 2))},
         ENTAILMENT_LABELS, {"dev": ("acc",)}, {"test": "RTE.tsv"}),
-    "sts": Task(
+    "sts": _glue_task(
         "sts", "STS-B",
         {"train": _labelled("train.tsv", (7, 8), LAST),
          "dev": _labelled("dev.tsv", (7, 8), LAST),
          "test": _unlabelled("test.tsv", (7, 8))},
-        None, {"dev": ("pearson", "spearman")}, {"test": "STS-B.tsv"}),
-    "sst": Task(
+        None, {"dev": ("pearson", "spearman")}, {"test": "STS-B.tsv"},
+        type="regression", label_scale=STS_MAX_SCORE),
+    "sst": _glue_task(
         "sst", "SST-2",
         {"train": _labelled("train.tsv", (0,), 1),
          "dev": _labelled("dev.tsv", (0,), 1),
          "test": _unlabelled("test.tsv", (1,))},
         BINARY_LABELS, {"dev": ("acc",)}, {"test": "SST-2.tsv"}),
-    "qqp": Task(
+    "qqp": _glue_task(
         "qqp", "QQP",
         {"train": _labelled("train.tsv", (3, 4), 5, skip_malformed_rows=True),
          "dev": _labelled("dev.tsv", (3, 4), 5, skip_malformed_rows=True),
          "test": _unlabelled("test.tsv", (1, 2))},
         BINARY_LABELS, {"dev": ("acc", "f1")}, {"test": "QQP.tsv"}),
-    "qnli": Task(
+    "qnli": _glue_task(
         "qnli", "QNLI",
         {"train": _labelled("train.tsv", (1, 2), LAST),
          "dev": _labelled("dev.tsv", (1, 2), LAST),
          "test": _unlabelled("test.tsv", (1, 2))},
         ENTAILMENT_LABELS, {"dev": ("acc",)}, {"test": "QNLI.tsv"}),
-    "wnli": Task(
+    "wnli": _glue_task(
         "wnli", "WNLI",
         {"train": _labelled("train.tsv", (1, 2), LAST),
          "dev": _labelled("dev.tsv", (1, 2), LAST),
          "test": _unlabelled("test.tsv", (1, 2))},
-        BINARY_LABELS, {"dev": ("acc",)}, {"test": "WNLI.tsv"}),
-    "ax": Task(
+        BINARY_LABELS, {"dev": ("acc",)}, {"test": "WNLI.tsv"},
+        default_label=WNLI_MAJORITY_LABEL),
+    "ax": _glue_task(
         "ax", "diagnostic",
         {"test": _unlabelled("diagnostic.tsv", (1, 2))},
-        MNLI_LABELS, {}, {"test": "AX.tsv"}),
+        MNLI_LABELS, {}, {"test": "AX.tsv"}, head_of="mnli"),
 }
 
 # The original code's `--tasks all` order: task ids 0-7 index the heads and the task-embedding rows.
@@ -372,7 +442,7 @@ def load_examples(data_dir, task, split):
         if fmt.label_column is not None:
             raw_label = fields[fmt.label_column]
             if label_set is None:
-                label = _parse_score(raw_label, path, line_number)
+                label = _parse_score(raw_label, path, line_number, task.label_scale)
             elif raw_label in label_set:
                 label = label_set[raw_label]
             else:
@@ -400,15 +470,15 @@ def _decode(field, path, line_number):
         raise ValueError(f"{path} line {line_number}: not UTF-8 text ({error.reason})") from None
 
 
-def _parse_score(field, path, line_number):
+def _parse_score(field, path, line_number, scale):
     text = _decode(field, path, line_number)
     try:
         score = float(text)
     except ValueError:
         score = math.nan
-    if not 0.0 <= score <= STS_MAX_SCORE:  # also rejects NaN
+    if not 0.0 <= score <= scale:  # also rejects NaN
         raise ValueError(
-            f"{path} line {line_number}: label {text!r} is not a similarity score in [0, {STS_MAX_SCORE:g}]"
+            f"{path} line {line_number}: label {text!r} is not a similarity score in [0, {scale:g}]"
         )
     return score
 
@@ -419,16 +489,30 @@ def _parse_score(field, path, line_number):
 
 @dataclass(eq=False)
 class Features:
-    """The tokenised examples of one split, un-padded and packed (N examples).
+    """The tokenised examples of one split, un-padded and packed (N examples, "rows").
 
     The ids of example i are input_ids[offsets[i]:offsets[i + 1]]: [CLS] A [SEP] or [CLS] A [SEP] B [SEP]; the first
     segment_a_len[i] of them ([CLS] A [SEP]) have segment id 0, the rest (B [SEP]) segment id 1.
+
+    Problems whose input is a list of words (seq_tag, and People's Daily's entity types) have one row per piece of
+    a sentence: [CLS] words [SEP], all segment 0; a sentence too long for max_seq_length is cut into consecutive
+    rows at word boundaries. `sentence`, `first_word` and `word_starts` map the rows back to the words of the file.
     """
     input_ids: torch.Tensor  # int32 [total tokens], all examples concatenated
     offsets: torch.Tensor  # int64 [N + 1]
     segment_a_len: torch.Tensor  # int32 [N]
-    labels: torch.Tensor | None  # int64 [N] class index, float32 [N] score / 5 (STS-B), or None (test)
+    # cls: int64 [N] class index; regression: float32 [N] label / label_scale (STS-B: score / 5);
+    # multi_cls: float32 [N, L] multi-hot; None for seq_tag and on test
+    labels: torch.Tensor | None
     index: list | None = field(default=None)  # test splits: the file's index/id value per example
+    # seq_tag with labels: int64 [total tokens], aligned to input_ids: the label id at each word's first piece,
+    # IGNORE_INDEX at [CLS], [SEP] and every other piece
+    token_labels: torch.Tensor | None = None
+    sentence: torch.Tensor | None = None  # word inputs: int64 [N], the source sentence (0-based, file order) of row i
+    first_word: torch.Tensor | None = None  # word inputs: int64 [N], that sentence's word that row i starts with
+    # word inputs: int64 [total words]: the position in input_ids of each word's first piece, in file order
+    # (sentence by sentence, word by word), so token_values[word_starts] lists one value per word of the file
+    word_starts: torch.Tensor | None = None
 
     @property
     def lengths(self):
@@ -502,15 +586,13 @@ def _process_pool(num_workers, tokenizer):
     return context.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer,))
 
 
-def convert_examples_to_features(examples, tokenizer, max_seq_length, task, num_workers=None, desc="tokenizing"):
-    """Tokenise examples into packed `Features`; big sets in `num_workers` processes (default: every CPU)."""
-    task = get_task(task)
+def pack_texts(examples, tokenizer, max_seq_length, num_workers=None, desc="tokenizing"):
+    """Examples' texts -> packed input_ids (int32 [total tokens]), offsets (int64 [N + 1]), segment_a_len (int32 [N]);
+    big sets in `num_workers` processes (default: every CPU)."""
     if max_seq_length < MIN_SEQ_LENGTH:
         raise ValueError(
             f"max_seq_length must be at least {MIN_SEQ_LENGTH} ([CLS] A [SEP] B [SEP]), got {max_seq_length}"
         )
-    if not examples:
-        raise ValueError(f"no {task.name} examples to convert")
     texts = [(example.text_a, example.text_b) for example in examples]
     num_workers = available_cpus() if num_workers is None else num_workers
     chunks = [texts[start:start + WORKER_CHUNK_EXAMPLES] for start in range(0, len(texts), WORKER_CHUNK_EXAMPLES)]
@@ -529,10 +611,19 @@ def convert_examples_to_features(examples, tokenizer, max_seq_length, task, num_
     ids, lengths, segment_a = (np.concatenate(arrays) for arrays in zip(*parts))
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    return torch.from_numpy(ids), torch.from_numpy(offsets), torch.from_numpy(segment_a)
+
+
+def convert_examples_to_features(examples, tokenizer, max_seq_length, task, num_workers=None, desc="tokenizing"):
+    """Tokenise examples into packed `Features`; big sets in `num_workers` processes (default: every CPU)."""
+    task = get_task(task)
+    if not examples:
+        raise ValueError(f"no {task.name} examples to convert")
+    input_ids, offsets, segment_a_len = pack_texts(examples, tokenizer, max_seq_length, num_workers, desc)
     return Features(
-        input_ids=torch.from_numpy(ids),
-        offsets=torch.from_numpy(offsets),
-        segment_a_len=torch.from_numpy(segment_a),
+        input_ids=input_ids,
+        offsets=offsets,
+        segment_a_len=segment_a_len,
         labels=_label_tensor(examples, task),
         index=None if examples[0].index is None else [example.index for example in examples],
     )
@@ -544,10 +635,20 @@ def _label_tensor(examples, task):
         return None
     if not all(labelled):
         raise ValueError(f"{task.name}: some examples have labels and some do not")
-    if task.is_regression:
-        return torch.tensor([example.label / STS_MAX_SCORE for example in examples], dtype=torch.float32)
-    label_ids = {label: i for i, label in enumerate(task.labels)}
+    return score_tensor(examples, task) if task.is_regression else class_label_tensor(examples, task)
+
+
+def class_label_tensor(examples, problem):
+    """cls labels -> int64 [N]: each example's position in problem.labels (the head's output order)."""
+    label_ids = {label: i for i, label in enumerate(problem.labels)}
     return torch.tensor([label_ids[example.label] for example in examples], dtype=torch.int64)
+
+
+def score_tensor(examples, problem):
+    """Regression labels -> float32 [N]: label / label_scale (STS-B: score / 5, as the original), or the label."""
+    scale = problem.label_scale
+    return torch.tensor([example.label if scale is None else example.label / scale for example in examples],
+                        dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -580,8 +681,7 @@ def feature_cache_path(cache_dir, task, split, data_file, vocab_file, do_lower_c
 def _save_atomically(features, path):
     """torch.save to a temporary file in the same folder, then os.replace: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"input_ids": features.input_ids, "offsets": features.offsets, "segment_a_len": features.segment_a_len,
-               "labels": features.labels, "index": features.index}
+    payload = {item.name: getattr(features, item.name) for item in fields(Features)}
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -594,35 +694,43 @@ def _save_atomically(features, path):
         raise
 
 
-def load_features(data_dir, task, split, vocab_file, do_lower_case, max_seq_length, cache_dir=None, num_workers=None):
-    """Features of one split, from the cache when this exact input was tokenised before, else built and cached.
+def cached_features(cache_path, build, what):
+    """Features from `cache_path` when it holds them, else `build()`, saved there for the next run.
 
     Safe for concurrent callers (DDP ranks, say): each writes its own temporary file and renames it into place.
-    They would all tokenise, though: let one rank build the cache first.
+    They would all build, though: let one rank build the cache first. `what` names the data in log lines.
     """
-    task = get_task(task)
-    data_file = _check_file(data_dir, task, split)
-    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    cache_path = feature_cache_path(cache_dir, task, split, data_file, vocab_file, do_lower_case, max_seq_length)
     if cache_path.is_file():
         try:
             return Features(**torch.load(cache_path, weights_only=True))
         except Exception as error:  # a damaged cache file is rebuilt, never fatal
             logger.warning("ignoring unreadable feature cache %s (%s); rebuilding it", cache_path, error)
     start = time.perf_counter()
-    tokenizer = FullTokenizer(vocab_file, do_lower_case=do_lower_case)
-    examples = load_examples(data_dir, task, split)
-    features = convert_examples_to_features(examples, tokenizer, max_seq_length, task, num_workers=num_workers,
-                                            desc=f"tokenizing {task.name} {split}")
+    features = build()
     seconds = time.perf_counter() - start
     try:
         _save_atomically(features, cache_path)
-        logger.info("tokenized %s %s (%d examples) in %.1f s; cached in %s",
-                    task.name, split, len(features), seconds, cache_path)
+        logger.info("tokenized %s (%d examples) in %.1f s; cached in %s", what, len(features), seconds, cache_path)
     except OSError as error:  # a read-only or full cache disk costs time on the next run, not this run
-        logger.warning("tokenized %s %s in %.1f s but could not cache it in %s (%s); point $EMBERT_CACHE or "
-                       "--cache_dir to a writable folder", task.name, split, seconds, cache_dir, error)
+        logger.warning("tokenized %s in %.1f s but could not cache it in %s (%s); point $EMBERT_CACHE or "
+                       "--cache_dir to a writable folder", what, seconds, cache_path.parent, error)
     return features
+
+
+def load_features(data_dir, task, split, vocab_file, do_lower_case, max_seq_length, cache_dir=None, num_workers=None):
+    """Features of one GLUE split, from the cache when this exact input was tokenised before, else built and cached."""
+    task = get_task(task)
+    data_file = _check_file(data_dir, task, split)
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    cache_path = feature_cache_path(cache_dir, task, split, data_file, vocab_file, do_lower_case, max_seq_length)
+
+    def build():
+        tokenizer = FullTokenizer(vocab_file, do_lower_case=do_lower_case)
+        examples = load_examples(data_dir, task, split)
+        return convert_examples_to_features(examples, tokenizer, max_seq_length, task, num_workers=num_workers,
+                                            desc=f"tokenizing {task.name} {split}")
+
+    return cached_features(cache_path, build, f"{task.name} {split}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -631,7 +739,8 @@ def load_features(data_dir, task, split, vocab_file, do_lower_case, max_seq_leng
 
 def make_batch(features, indices, pad_to=None, pad_multiple=8):
     """Pad the examples at `indices` into a batch of int64 [B, T] tensors (plus labels [B] unless on test, and the
-    flat positions of the real tokens, token_index [N]).
+    flat positions of the real tokens, token_index [N]; multi_cls labels are [B, L]; seq_tag features add
+    token_labels [N], one per real token, in token_index order).
 
     T = the longest example rounded up to `pad_multiple` (padding is masked, so results do not change, and
     tensor-core friendly shapes repeat more often), or exactly `pad_to` (Gated-BERT's gate needs max_seq_length).
@@ -663,7 +772,10 @@ def make_batch(features, indices, pad_to=None, pad_multiple=8):
         "token_index": real.flatten().nonzero().squeeze(1),
     }
     if features.labels is not None:
-        batch["labels"] = features.labels[indices]
+        batch["labels"] = features.labels[indices]  # [B], or [B, L] multi-hot (multi_cls)
+    if features.token_labels is not None:
+        # [N]: the labels of the real tokens in token_index order (row-major; boolean indexing keeps that order)
+        batch["token_labels"] = features.token_labels[gather_at[real]]
     return batch
 
 

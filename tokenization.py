@@ -175,6 +175,27 @@ class FullTokenizer:
             ids.extend(self._word_ids(word))
         return ids
 
+    def encode_words(self, words):
+        """Words already split by the caller (a CoNLL sentence's tokens, a Chinese sentence's characters) -> one
+        non-empty tuple of piece ids per word, in order: `word_pieces[i]` are the pieces of `words[i]`, so a word's
+        label can sit on its first piece.
+
+        Each word goes through the same clean-up, lower-casing, punctuation split and WordPiece as in `encode`
+        (`encode_words([w])[0] == tuple(encode(w))` whenever that is non-empty). A word that gives no pieces at all
+        (only control characters, U+FFFD or whitespace, which clean-up drops) becomes [UNK]: it is still a token of
+        the input that needs a label and a prediction.
+        """
+        unk = (self.vocab[UNK_TOKEN],)
+        word_pieces = []
+        for word in words:
+            parts = clean_text(word).split()  # usually one part; clean-up can also split at inner whitespace
+            if len(parts) == 1:
+                pieces = self._word_ids(parts[0])
+            else:
+                pieces = tuple(piece for part in parts for piece in self._word_ids(part))
+            word_pieces.append(pieces or unk)
+        return word_pieces
+
     def convert_tokens_to_ids(self, tokens):
         try:
             return [self.vocab[token] for token in tokens]

@@ -121,6 +121,22 @@ def test_memo_does_not_change_outputs_and_survives_pickling(tiny):
     assert clone.tokenize(text) == first
 
 
+def test_encode_words_keeps_one_non_empty_piece_tuple_per_word(tiny):
+    words = ["UNwanted", "running,", "\x07", "铁木真", "xyz", "\ufffd\x00", "a\u3000b"]
+    pieces = tiny.encode_words(words)
+    assert len(pieces) == len(words) and all(isinstance(p, tuple) and p for p in pieces)
+    assert [tiny.convert_ids_to_tokens(p) for p in pieces] == [
+        ["un", "##want", "##ed"], ["runn", "##ing", ","],
+        ["[UNK]"],  # a control character alone: dropped by clean-up, so [UNK] keeps the word's place
+        ["铁", "##木", "##真"], ["[UNK]"], ["[UNK]"],
+        ["a", "b"],  # U+3000 is whitespace: clean-up splits the word, both parts stay this word's pieces
+    ]
+    # Joining the pieces of the words gives what encode gives the whole text (where no word vanishes).
+    kept = [w for w in words if tiny.encode(w)]
+    assert [i for p in tiny.encode_words(kept) for i in p] == tiny.encode(" ".join(kept))
+    assert tiny.encode_words([]) == []
+
+
 # ---- vocabulary validation ----------------------------------------------------------------------------------------
 
 def test_load_vocab_ids_are_line_numbers(tmp_path):
