@@ -296,39 +296,67 @@ class BertModel(nn.Module):
         return hidden_states, self.pooler(hidden_states[:, 0])
 
 
-class BertForMultiTask(nn.Module):
-    """Shared BERT (or EmBERT) encoder, one linear head per task on the pooled output.
+# What a problem's type decides in the model (problems.TYPES decides the rest: labels, metrics, prediction files):
+# the encoder output its head reads, "pooled" (the [CLS] state through the pooler, (B, H)) or "tokens" (the states of
+# the real tokens, packed row-major, (N, H)), and its loss on the head's logits. google-research/bert's create_model
+# shape: the encoder returns states, a head per problem turns them into logits and a loss.
+HEAD_INPUTS = {"cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens"}
+LOSSES = {
+    "cls": lambda logits, labels: F.cross_entropy(logits.float(), labels),  # labels (B,) class index
+    "regression": lambda logits, labels: F.mse_loss(logits.float().squeeze(-1), labels.float()),  # (B,) target
+    "multi_cls": lambda logits, labels: F.binary_cross_entropy_with_logits(logits.float(), labels.float()),  # (B, L)
+    # (N,) per packed token. [CLS], [SEP] and non-first word pieces are labelled -100 (glue_processors.IGNORE_INDEX,
+    # cross_entropy's default ignore_index): no loss there, and padding is never a class (bert-multitask-learning's bug)
+    "seq_tag": lambda logits, labels: F.cross_entropy(logits.float(), labels),
+}
 
-    `num_labels_per_task[t]` is the number of outputs of task t's head; 1 means regression (MSE loss), more means
-    classification (cross-entropy). Task ids index the heads and the task-embedding rows.
+
+def glue_problem_types(num_labels_per_task):
+    """GLUE's heads by their width, as the original code chose its loss: 1 output is regression (STS-B)."""
+    return ["regression" if n == 1 else "cls" for n in num_labels_per_task]
+
+
+class BertForMultiTask(nn.Module):
+    """Shared BERT (or EmBERT) encoder, one linear head per task.
+
+    `num_labels_per_task[t]` is the number of outputs of task t's head and `problem_types[t]` its problem type (a key
+    of HEAD_INPUTS), which decides what the head reads and its loss; by default GLUE's (`glue_problem_types`). Task
+    ids index the heads and the task-embedding rows.
     """
 
-    def __init__(self, config, num_labels_per_task):
+    def __init__(self, config, num_labels_per_task, problem_types=None):
         super().__init__()
         num_tasks = len(num_labels_per_task)
         if config.num_tasks is not None and config.num_tasks != num_tasks:
             raise ValueError(f"config.num_tasks is {config.num_tasks} but {num_tasks} heads were asked for "
                              f"({list(num_labels_per_task)})")
+        problem_types = list(problem_types or glue_problem_types(num_labels_per_task))
+        unknown = [kind for kind in problem_types if kind not in HEAD_INPUTS]
+        if len(problem_types) != num_tasks or unknown:
+            raise ValueError(f"problem_types {problem_types} must name one of {list(HEAD_INPUTS)} per head")
         config = dataclasses.replace(config, num_tasks=num_tasks)
         self.config = config
         self.num_labels_per_task = list(num_labels_per_task)
+        self.problem_types = problem_types
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.ModuleList(nn.Linear(config.hidden_size, n) for n in num_labels_per_task)
         self.apply(partial(init_weights, std=config.initializer_range))
 
     def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None):
-        """Logits (B, num_labels of the task), and the loss when labels (B,) are given (else None).
-        token_index: optional, see BertModel.forward."""
-        _, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index)
-        logits = self.classifier[task_id](self.dropout(pooled))
-        if labels is None:
-            return logits, None
-        if logits.shape[-1] == 1:  # a regression head (STS-B: target = score / 5)
-            loss = F.mse_loss(logits.float().squeeze(-1), labels.float())
+        """Logits of task `task_id`'s head, and its loss when labels are given (else None). A "pooled" head gives
+        (B, num_labels) logits for labels (B,) or (B, L); a "tokens" head (N, num_labels) for the N real tokens in
+        row-major order, labels (N,) (make_batch's token_labels). token_index: optional, see BertModel.forward."""
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index)
+        kind = self.problem_types[task_id]
+        if HEAD_INPUTS[kind] == "tokens":
+            if token_index is None:
+                token_index = attention_mask.flatten().nonzero().squeeze(1)
+            states = hidden.reshape(-1, hidden.shape[-1])[token_index]  # (N, H): real tokens, packed
         else:
-            loss = F.cross_entropy(logits.float(), labels)
-        return logits, loss
+            states = pooled
+        logits = self.classifier[task_id](self.dropout(states))
+        return logits, None if labels is None else LOSSES[kind](logits, labels)
 
     def shape_hint(self, state):
         """Name the config setting a checkpoint's shape mismatch most likely comes from ("" if none)."""

@@ -46,9 +46,9 @@ import glue_processors
 import modeling
 import modeling_gated
 import optimization
+import problems
 import tokenization
-from glue_processors import TASKS
-from modeling import BERT_PARAMETER, load_mapped_state, map_state_dict, read_state_dict
+from modeling import BERT_PARAMETER, HEAD_INPUTS, load_mapped_state, map_state_dict, read_state_dict
 
 # The BERT-and-PALs recipe (SPEC 6.2): an "epoch" is 300 optimizer steps per task.
 STEPS_PER_TASK_PER_EPOCH = 300
@@ -71,12 +71,13 @@ RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"), ".*.tmp")
 # --metric_for_best_model's default: the mean of the tasks' scores (the GLUE score).
 MEAN_SCORE = "mean"
 # Arguments a resumed run must share with the run it continues.
-RESUME_INVARIANTS = ("tasks", "sample", "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
+RESUME_INVARIANTS = ("tasks", "problems", "sample", "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
                      "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer", "max_seq_length",
                      "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps", "weight_decay", "eval_steps",
                      "max_train_samples", "max_eval_samples", "metric_for_best_model")
 # Arguments holding paths: stored absolute in args.json, so a run directory works from any working directory.
-PATH_ARGUMENTS = ("data_dir", "vocab_file", "bert_config_file", "init_checkpoint", "output_dir", "cache_dir")
+PATH_ARGUMENTS = ("data_dir", "vocab_file", "bert_config_file", "init_checkpoint", "output_dir", "cache_dir",
+                  "problems")
 # Exit status of a run interrupted by a signal once its checkpoint is saved: the shell's convention, 128 + signal.
 SIGNAL_EXIT_BASE = 128
 # Bytes per megabyte in messages.
@@ -115,10 +116,16 @@ METHODS = {method.name: method for method in (
 def parse_args(description, argv=None):
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Data and tasks.
-    parser.add_argument("--data_dir", required=True, help="GLUE data directory (glue_data layout: CoLA/, MRPC/, ...)")
+    parser.add_argument("--data_dir", required=True,
+                        help="data directory: GLUE's glue_data layout (CoLA/, MRPC/, ...), People's Daily as "
+                             "pku199801/199801.txt")
     parser.add_argument("--tasks", default="all",
                         help="'all' (cola,mrpc,mnli,rte,sts,sst,qqp,qnli), 'inf' (qnli,mnli,rte), 'single' "
-                             "(with --task_id) or a comma list of task names")
+                             "(with --task_id) or a comma list of problem names (GLUE's, pku_cws, pku_pos, pku_ner, "
+                             "pku_entity_types, and those of --problems)")
+    parser.add_argument("--problems", default=None,
+                        help="a JSON file of the user's own problems (type, format, files, columns, labels), added "
+                             "to the predefined ones for this run")
     parser.add_argument("--task_id", type=int, default=None, help="index into the 'all' order for --tasks single")
     parser.add_argument("--vocab_file", required=True, help="BERT vocab.txt the model was pre-trained with")
     parser.add_argument("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased models)")
@@ -212,23 +219,34 @@ def parse_args(description, argv=None):
         parser.error(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
     if not (args.do_train or args.do_eval):
         parser.error("nothing to do: give --do_train, --do_eval or both")
-    try:
-        args.tasks = glue_processors.resolve_tasks(args.tasks, args.task_id)
-    except ValueError as err:
-        parser.error(f"--tasks: {err}")
-    check_best_model_metric(parser, args.metric_for_best_model, args.tasks)
     return args
 
 
-def check_best_model_metric(parser, name, tasks):
-    """--metric_for_best_model must name the mean, one of the run's tasks, or one of a task's dev metrics."""
+def read_user_problems(path):
+    """--problems: the user's problems by name ({} without the flag); a one-line error naming file, line and key."""
+    if path is None:
+        return {}
+    try:
+        return problems.read_problems_file(path)
+    except (OSError, ValueError) as err:
+        fail(f"--problems: {err}")
+
+
+def resolve_task_names(spec, task_id, user_problems):
+    try:
+        return problems.resolve_problems(spec, task_id, user_problems)
+    except ValueError as err:
+        fail(f"--tasks: {err}")
+
+
+def check_best_model_metric(name, tasks):
+    """--metric_for_best_model must name the mean, one of the run's problems, or one of a problem's dev metrics."""
+    metrics = {t.name: {m for names in t.metrics.values() for m in names} for t in tasks}
     task, _, metric = name.partition("/")
-    if name == MEAN_SCORE or (task in tasks and not metric):
+    if name == MEAN_SCORE or (task in metrics and (not metric or metric in metrics[task])):
         return
-    if task in tasks and metric in {m for names in TASKS[task].metrics.values() for m in names}:
-        return
-    choices = [MEAN_SCORE, *tasks, *(f"{t}/{m}" for t in tasks for names in TASKS[t].metrics.values() for m in names)]
-    parser.error(f"--metric_for_best_model {name!r} is not one of: {', '.join(choices)}")
+    choices = [MEAN_SCORE, *metrics, *(f"{t}/{m}" for t, names in metrics.items() for m in sorted(names))]
+    fail(f"--metric_for_best_model {name!r} is not one of: {', '.join(choices)}")
 
 
 class TaskSampler:
@@ -487,64 +505,92 @@ def read_checkpoint(path):
     return map_state_dict(raw), list(raw), path
 
 
-def build_model(method, config, num_labels_per_task, state=None, source=None, require_all=False):
-    """The method's BertForMultiTask with one head per entry of num_labels_per_task, the mapped `state` (read from
-    `source`) loaded into it. Returns the model and the names of the parameters left freshly initialised; ValueError
-    (one line naming the keys and the file) when the checkpoint does not fit."""
-    model = method.modeling.BertForMultiTask(config, num_labels_per_task)
+def build_model(method, config, tasks, state=None, source=None, require_all=False):
+    """The method's BertForMultiTask with one head per problem of `tasks` (its width and type), the mapped `state`
+    (read from `source`) loaded into it. Returns the model and the names of the parameters left freshly initialised;
+    ValueError (one line naming the keys and the file) when the checkpoint does not fit."""
+    model = method.modeling.BertForMultiTask(config, [t.num_labels for t in tasks], [t.type for t in tasks])
     fresh = load_mapped_state(model, state, source, require_all) if state is not None else list(model.state_dict())
     return model, fresh
 
 
 def model_config_record(config, method_name, tasks, max_seq_length, do_lower_case):
-    """config.json: the model config plus what rebuilds the model and its tokenizer from the run directory."""
-    return {**config.to_dict(), "model": method_name, "task_names": list(tasks),
-            "task_labels": {t: list(TASKS[t].labels) if TASKS[t].labels else None for t in tasks},
-            "max_seq_length": max_seq_length, "do_lower_case": do_lower_case}
+    """config.json: the model config plus what rebuilds the model and its tokenizer from the run directory: the
+    problems (Problem objects) in head order, their labels, and the records of those not predefined (the user's), so
+    that the directory predicts on its own."""
+    record = {**config.to_dict(), "model": method_name, "task_names": [t.name for t in tasks],
+              "task_labels": {t.name: list(t.labels) if t.labels else None for t in tasks},
+              "max_seq_length": max_seq_length, "do_lower_case": do_lower_case}
+    user = {t.name: t.to_record() for t in tasks if t.name not in problems.PROBLEMS}
+    if user:
+        record["problems"] = user
+    return record
+
+
+def packed_positions(features, indices):
+    """Where the real tokens of the examples at `indices` sit in the features' packed input_ids, in the model's token
+    order (row-major: example by example), (N,) int64."""
+    starts = features.offsets[indices]
+    lengths = features.offsets[indices + 1] - starts
+    row_starts = torch.cumsum(lengths, 0) - lengths  # where each example's tokens start among the batch's N
+    within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(row_starts, lengths)
+    return torch.repeat_interleave(starts, lengths) + within
 
 
 @torch.no_grad()
 def predict(model, features, task_id, batch_size, device, autocast_dtype=None, pad_to=None, desc=None):
-    """Logits (N, num_labels) float32 on the CPU, in the features' order.
+    """Logits of head `task_id` on the CPU, float32, in the features' order: (N, num_labels) for a head on the pooled
+    output, (total tokens, num_labels) in input_ids order for a head on the tokens (seq_tag).
 
     Batches hold examples of similar length (sorted longest first), so padding to the longest costs little.
     """
     was_training = model.training
     model.eval()
+    per_token = HEAD_INPUTS[model.problem_types[task_id]] == "tokens"
     order = torch.argsort(features.lengths, descending=True, stable=True)
-    logits_out = torch.empty(len(features), model.num_labels_per_task[task_id], device=device)
+    rows = int(features.offsets[-1]) if per_token else len(features)
+    logits_out = torch.empty(rows, model.num_labels_per_task[task_id], device=device)
     order_on_device = order.to(device)
     for start in tqdm(range(0, len(features), batch_size), desc=desc, leave=False, disable=desc is None):
-        batch = to_device(glue_processors.make_batch(features, order[start:start + batch_size], pad_to=pad_to,
-                                                     pad_multiple=PAD_MULTIPLE), device)
+        indices = order[start:start + batch_size]
+        batch = to_device(glue_processors.make_batch(features, indices, pad_to=pad_to, pad_multiple=PAD_MULTIPLE),
+                          device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
                               token_index=batch["token_index"])
-        logits_out[order_on_device[start:start + batch_size]] = logits.float()
+        where = packed_positions(features, indices).to(device) if per_token else order_on_device[start:start + batch_size]
+        logits_out[where] = logits.float()
     model.train(was_training)
     return logits_out.cpu()
 
 
-def logits_to_predictions(task, logits):
-    """Class indices, or the regression output (STS-B: score / 5)."""
-    return logits[:, 0] if TASKS[task].is_regression else logits.argmax(-1)
-
-
 def evaluate(model, eval_sets, tasks, batch_size, device, autocast_dtype, pad_to):
-    """Official GLUE metrics on whole dev sets: {task: {metric: value}} and the GLUE score (mean of task means)."""
+    """Metrics on whole dev sets: {problem: {metric: value}} and the mean of the problems' scores (the GLUE score on
+    GLUE's tasks). `tasks`: the model's problems (Problem objects) in head order; eval_sets: (name, split, features)."""
+    by_name = {t.name: t for t in tasks}
     scores = {}
-    for task, split, features in eval_sets:
-        task_id = tasks.index(task)
-        logits = predict(model, features, task_id, batch_size, device, autocast_dtype, pad_to, desc=f"eval {task}")
-        metrics = glue_processors.compute_metrics(task, split, logits_to_predictions(task, logits), features.labels)
-        scores.setdefault(task, {}).update(metrics)
-    return scores, glue_processors.glue_score(scores)
+    for name, split, features in eval_sets:
+        task_id = list(by_name).index(name)
+        logits = predict(model, features, task_id, batch_size, device, autocast_dtype, pad_to, desc=f"eval {name}")
+        predictions = problems.predictions_from_logits(by_name[name], logits)
+        scores.setdefault(name, {}).update(problems.problem_metrics(by_name[name], split, predictions, features))
+    return scores, mean_score(scores, by_name)
 
 
-def format_scores(scores, glue):
+def mean_score(scores, by_name):
+    """The mean over problems of each one's score (problems.problem_score): the GLUE score on GLUE's tasks."""
+    return sum(problems.problem_score(by_name[t], m) for t, m in scores.items()) / len(scores)
+
+
+def format_scores(scores, overall, label="GLUE"):
     parts = [f"{task} " + " ".join(f"{metric} {value:.2f}" for metric, value in metrics.items())
              for task, metrics in scores.items()]
-    return " | ".join(parts + [f"GLUE {glue:.2f}"])
+    return " | ".join(parts + [f"{label} {overall:.2f}"])
+
+
+def overall_label(tasks):
+    """What the mean score is called in the log: GLUE when every problem is GLUE's."""
+    return "GLUE" if all(t.name in glue_processors.TASKS for t in tasks) else "mean"
 
 
 def first_examples(features, count):
@@ -611,6 +657,8 @@ class Run:
     num_epochs: int = 0
     micro_batch: int = 0  # examples per micro-batch and process
     resolved: dict = None  # args.json
+    user_problems: dict = None  # --problems: name -> Problem
+    heads: list = None  # the run's problems (Problem objects), in head order
 
     @property
     def is_main(self):
@@ -671,8 +719,13 @@ def check_inputs(run):
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.resume and not args.overwrite_output_dir:
         fail(f"--output_dir {args.output_dir} is not empty: pass --resume to continue that run or "
              "--overwrite_output_dir")
-    missing = glue_processors.missing_files(args.data_dir, run.tasks,
-                                            ["train"] * args.do_train + ["dev"] * args.do_eval)
+    run.user_problems = read_user_problems(args.problems)
+    if isinstance(args.tasks, str):
+        args.tasks = resolve_task_names(args.tasks, args.task_id, run.user_problems)
+    run.heads = [problems.get_problem(t, run.user_problems) for t in args.tasks]
+    check_best_model_metric(args.metric_for_best_model, run.heads)
+    missing = problems.missing_problem_files(args.data_dir, run.tasks,
+                                             ["train"] * args.do_train + ["dev"] * args.do_eval, run.user_problems)
     if missing:
         fail(f"--data_dir {args.data_dir} lacks {len(missing)} file(s) for --tasks {','.join(run.tasks)}: "
              f"{', '.join(map(str, missing))}")
@@ -715,18 +768,18 @@ def load_data(run):
 
     def features(task, split, limit):
         try:
-            data = glue_processors.load_features(args.data_dir, task, split, args.vocab_file, args.do_lower_case,
-                                                 args.max_seq_length, cache_dir=args.cache_dir,
-                                                 num_workers=args.num_workers)
+            data = problems.load_problem_features(task, split, args.data_dir, args.vocab_file, args.do_lower_case,
+                                                  args.max_seq_length, cache_dir=args.cache_dir,
+                                                  num_workers=args.num_workers, user_problems=run.user_problems)
         except (OSError, ValueError) as err:  # a malformed file: its name and line are in the message
             fail(str(err))
         return first_examples(data, limit)
 
     if run.distributed and not run.is_main:
         dist.barrier()
-    train_sets = [features(t, "train", args.max_train_samples) for t in run.tasks] if args.do_train else []
-    eval_sets = [(t, s, features(t, s, args.max_eval_samples))
-                 for t in run.tasks for s in TASKS[t].dev_splits] if args.do_eval else []
+    train_sets = [features(t, "train", args.max_train_samples) for t in run.heads] if args.do_train else []
+    eval_sets = [(t.name, s, features(t, s, args.max_eval_samples))
+                 for t in run.heads for s in t.dev_splits] if args.do_eval else []
     if run.distributed and run.is_main:
         dist.barrier()
     return train_sets, eval_sets
@@ -745,8 +798,7 @@ def load_model(run):
     torch.manual_seed(args.seed)
     try:
         # Evaluating without training needs a trained model: every task parameter must come from the file.
-        model, fresh = build_model(run.method, run.config, [TASKS[t].num_labels for t in run.tasks], state, source,
-                                   require_all=not args.do_train)
+        model, fresh = build_model(run.method, run.config, run.heads, state, source, require_all=not args.do_train)
     except ValueError as err:
         fail(f"--init_checkpoint: {err}")
     if args.freeze:
@@ -787,7 +839,7 @@ def prepare_output_dir(run, resuming):
         attach_log_file(output_dir / TEXT_LOG)
         if not resuming:
             save_json(run.resolved, output_dir / ARGS_FILE)
-            save_json(model_config_record(run.config, run.method.name, run.tasks, run.args.max_seq_length,
+            save_json(model_config_record(run.config, run.method.name, run.heads, run.args.max_seq_length,
                                           run.args.do_lower_case), output_dir / CONFIG_FILE)
             shutil.copyfile(run.args.vocab_file, output_dir / VOCAB_FILE)
     run.barrier()
@@ -838,26 +890,28 @@ def save_checkpoint(run, model, optimizer, scheduler, scaler, sampler, progress)
                     "best_score": progress.best_score, "args": run.resolved}, run.checkpoint_path)
 
 
-def best_model_score(scores, glue, name):
+def best_model_score(scores, overall, name, by_name):
     """The value --metric_for_best_model names in one evaluation's scores."""
     if name == MEAN_SCORE:
-        return glue
+        return overall
     task, _, metric = name.partition("/")
-    return scores[task][metric] if metric else glue_processors.task_score(scores[task])
+    return scores[task][metric] if metric else problems.problem_score(by_name[task], scores[task])
 
 
 def run_evaluation(run, model, eval_sets, progress, epoch):
     """Evaluate on rank 0, log, keep the best model; the other ranks wait."""
     if run.is_main:
-        scores, glue = evaluate(model, eval_sets, run.tasks, run.args.eval_batch_size, run.device, run.autocast_dtype,
-                                run.pad_to)
-        score = best_model_score(scores, glue, run.args.metric_for_best_model)
+        by_name = {t.name: t for t in run.heads}
+        scores, overall = evaluate(model, eval_sets, run.heads, run.args.eval_batch_size, run.device,
+                                   run.autocast_dtype, run.pad_to)
+        score = best_model_score(scores, overall, run.args.metric_for_best_model, by_name)
         is_best = score > progress.best_score
+        # "glue_score": the mean score, under the name GLUE runs have always written.
         append_jsonl(run.output_dir / EVAL_LOG, {
-            "epoch": epoch, "global_step": progress.global_step, "scores": scores, "glue_score": glue,
-            "task_scores": {t: glue_processors.task_score(m) for t, m in scores.items()}, "best": is_best})
+            "epoch": epoch, "global_step": progress.global_step, "scores": scores, "glue_score": overall,
+            "task_scores": {t: problems.problem_score(by_name[t], m) for t, m in scores.items()}, "best": is_best})
         where = f"epoch {epoch + 1} step {progress.global_step}" if epoch is not None else run.args.init_checkpoint
-        logger.info(f"dev, {where}: {format_scores(scores, glue)}")
+        logger.info(f"dev, {where}: {format_scores(scores, overall, overall_label(run.heads))}")
         if is_best and run.args.do_train:
             progress.best_score = score
             save_torch(model.state_dict(), run.output_dir / BEST_MODEL)
@@ -876,7 +930,7 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
         with (net.no_sync() if skip_sync else contextlib.nullcontext()), \
                 torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                          batch["labels"], token_index=batch["token_index"])
+                          batch_labels(batch), token_index=batch["token_index"])
             loss = loss / len(batches)
         scaler.scale(loss).backward()
         total = total + loss.detach()
@@ -889,6 +943,12 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def batch_labels(batch):
+    """What the head's loss compares with: per-example labels, or per-token ones (seq_tag: make_batch's
+    token_labels, packed as the model's tokens)."""
+    return batch["labels"] if "labels" in batch else batch["token_labels"]
 
 
 @dataclass
@@ -1044,7 +1104,7 @@ def main(args, method):
         logger.info(f"saved {run.checkpoint_path} at step {progress.global_step}; continue with --resume")
         finish(run)
         raise SystemExit(stop.exit_status())
-    best = "GLUE" if args.metric_for_best_model == MEAN_SCORE else args.metric_for_best_model
+    best = overall_label(run.heads) if args.metric_for_best_model == MEAN_SCORE else args.metric_for_best_model
     logger.info(f"done: {progress.global_step} steps" +
                 (f"; best dev {best} score {progress.best_score:.2f}" if args.do_eval else ""))
     return finish(run)

@@ -5,7 +5,7 @@ A problem is a row of a table (`glue_processors.Problem`; GLUE's `Task` is the s
 how to read each split, its labels (the head's output order) and its metrics per dev split. Everything that depends
 on the type is decided in one place, the `TYPES` table:
 
-    type        head_input  Features labels                     predictions           dev metrics             file
+    type        head        Features labels                     predictions           dev metrics             file
     cls         pooled      labels int64 [N] class index        argmax (N,)           acc (GLUE: theirs)      .tsv
     regression  pooled      labels float32 [N] label / scale    logits[:, 0] (N,)     pearson, spearman       .tsv
     multi_cls   pooled      labels float32 [N, L] multi-hot     sigmoid > 0.5 (N, L)  micro_f1, macro_f1,     .tsv
@@ -859,8 +859,8 @@ def write_predictions(problem, split, predictions, features, path, data_dir):
 
 @dataclass(frozen=True)
 class ProblemType:
-    """Everything data-side that a problem's type decides (the model's heads and losses read `head_input`)."""
-    head_input: str  # "pooled": the [CLS] state through the pooler; "tokens": the packed per-token states
+    """Everything data-side that a problem's type decides (what its head reads and its loss: modeling.HEAD_INPUTS and
+    modeling.LOSSES)."""
     encode_labels: Callable  # (problem, examples, features) -> (Features.labels, Features.token_labels)
     default_metrics: Callable  # labels -> metric names for a user problem's dev split
     predict: Callable  # logits -> predictions
@@ -870,14 +870,14 @@ class ProblemType:
 
 
 TYPES = {
-    "cls": ProblemType("pooled", _encode_class_labels, lambda labels: ("acc",), lambda logits: logits.argmax(-1),
+    "cls": ProblemType(_encode_class_labels, lambda labels: ("acc",), lambda logits: logits.argmax(-1),
                        _class_metrics, _write_rows, ".tsv"),
-    "regression": ProblemType("pooled", _encode_scores, lambda labels: ("pearson", "spearman"),
+    "regression": ProblemType(_encode_scores, lambda labels: ("pearson", "spearman"),
                               lambda logits: logits[:, 0], _class_metrics, _write_rows, ".tsv"),
-    "multi_cls": ProblemType("pooled", _encode_multi_hot, lambda labels: MULTI_LABEL_METRICS,
+    "multi_cls": ProblemType(_encode_multi_hot, lambda labels: MULTI_LABEL_METRICS,
                              lambda logits: torch.sigmoid(logits.float()) > MULTI_LABEL_THRESHOLD,
                              _multi_label_metrics, _write_rows, ".tsv"),
-    "seq_tag": ProblemType("tokens", _encode_token_labels, _seq_tag_metric_names, lambda logits: logits.argmax(-1),
+    "seq_tag": ProblemType(_encode_token_labels, _seq_tag_metric_names, lambda logits: logits.argmax(-1),
                            _tag_metrics, _write_conll, ".conll"),
 }
 assert set(TYPES) == set(PROBLEM_TYPES)

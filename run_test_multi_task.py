@@ -27,15 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import glue_processors
-from glue_processors import ALL_TASKS, STS_MAX_SCORE, TASKS
+import problems
+from glue_processors import ALL_TASKS, TASKS
 from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, METHODS, VOCAB_FILE, Method, batch_padding,
-                       build_model, check_model_inputs, configure_model, fail, format_scores, logits_to_predictions,
-                       predict, read_checkpoint, resolve_precision, save_json, select_device, write_atomic)
-# Tasks predicted without a head of their own: WNLI (the majority class) and AX (the MNLI head).
-EXTRA_TASKS = ("wnli", "ax")
-# WNLI's majority class, what GLUE's own baselines predict for it (65.1% of its test set).
-WNLI_MAJORITY_LABEL = "0"
+                       build_model, check_model_inputs, configure_model, fail, format_scores, mean_score,
+                       overall_label, predict, read_checkpoint, resolve_precision, save_json, select_device,
+                       write_atomic)
 # Decimals written for STS-B similarities (0-5); the server reads any float.
 STS_DECIMALS = 3
 SUBMISSION_HEADER = "index\tprediction"
@@ -101,56 +98,64 @@ class LoadedModel:
 
     model: nn.Module
     method: Method
-    heads: list  # task names in head (task id) order
-    tasks: list  # the tasks to predict
+    heads: list  # problem names in head (task id) order
+    tasks: list  # the problems to predict
     vocab_file: Path
     do_lower_case: bool
     max_seq_length: int
     run_args: dict  # the training run's resolved arguments (args.json); empty for a checkpoint file
+    user_problems: dict  # the run's own problems (config.json's "problems"), by name
+
+    def problem(self, name):
+        return problems.get_problem(name, self.user_problems)
 
 
 # ------------------------------------------------------------------------------------------------ loading the model
 
-def parse_task_list(spec):
-    """--tasks for prediction: 'all', 'inf' or a comma list, where wnli and ax are allowed too."""
+def parse_task_list(spec, user_problems=None):
+    """--tasks for prediction: 'all', 'inf' or a comma list, where problems without training data (AX) are allowed."""
     try:
         if spec.strip().lower() in ("all", "inf"):
-            return glue_processors.resolve_tasks(spec)
-        return list(dict.fromkeys(glue_processors.canonical_task_name(name) for name in spec.split(",")))
+            return problems.resolve_problems(spec)
+        return list(dict.fromkeys(problems.canonical_problem_name(name, user_problems) for name in spec.split(",")))
     except ValueError as err:
         fail(f"--tasks: {err}")
 
 
-def head_task(task):
-    """The task whose head predicts `task`: AX is predicted with MNLI's."""
-    return "mnli" if task == "ax" else task
+def head_task(problem):
+    """The problem whose head predicts `problem` (a Problem): its own, or its row's head_of (AX: MNLI's)."""
+    return problem.head_of or problem.name
 
 
-def head_of(task, heads):
-    """The task whose head predicts `task`, or None when the model has no such head."""
-    return head_task(task) if head_task(task) in heads else None
+def head_of(problem, heads):
+    """The name of the head that predicts `problem`, or None when the model has no such head."""
+    return head_task(problem) if head_task(problem) in heads else None
 
 
-def can_predict(task, heads):
-    return task == "wnli" or head_of(task, heads) is not None  # WNLI: its majority class without a head
+def can_predict(problem, heads):
+    """With a head, or with the row's default label (WNLI's majority class) in a model of GLUE heads."""
+    glue_model = any(head in TASKS for head in heads)
+    return head_of(problem, heads) is not None or (problem.default_label is not None and glue_model)
 
 
-def tasks_to_predict(spec, heads):
-    """--tasks, checked against the heads; by default every head, WNLI, and AX when there is an MNLI head."""
+def tasks_to_predict(spec, heads, user_problems=None):
+    """--tasks, checked against the heads; by default every head, and every predefined problem the heads can
+    predict besides (AX with an MNLI head; WNLI's majority class in a GLUE model)."""
     if spec is None:
-        return [*heads, *(t for t in EXTRA_TASKS if t not in heads and can_predict(t, heads))]
-    tasks = parse_task_list(spec)
+        return [*heads, *(name for name, p in problems.PROBLEMS.items() if name not in heads and can_predict(p, heads))]
+    tasks = parse_task_list(spec, user_problems)
     for task in tasks:
-        if not can_predict(task, heads):
-            fail(f"--tasks {spec}: the model has no {head_task(task)} head (its heads: {','.join(heads)})")
+        problem = problems.get_problem(task, user_problems)
+        if not can_predict(problem, heads):
+            fail(f"--tasks {spec}: the model has no {head_task(problem)} head (its heads: {','.join(heads)})")
     return tasks
 
 
-def check_heads(state, heads, path, source):
+def check_heads(state, heads, path, source, user_problems=None):
     """The checkpoint's heads must be those of `heads`, in order: same count, same number of outputs each."""
     sizes = {int(match[1]): value.shape[0] for key, value in state.items() if (match := HEAD_KEY.fullmatch(key))}
     found = [sizes.get(i) for i in range(max(sizes, default=-1) + 1)]
-    expected = [TASKS[t].num_labels for t in heads]
+    expected = [problems.get_problem(t, user_problems).num_labels for t in heads]
     if found != expected:
         fail(f"checkpoint {path} has {len(found)} heads with {found} outputs, but {source} names "
              f"{len(heads)} tasks ({','.join(heads)}) needing {expected}")
@@ -165,10 +170,12 @@ def read_mapped_state(path):
     return state, any(ORIGINAL_FORMAT_KEY.search(key) for key in raw_keys), path
 
 
-def load_model(method, config, heads, state, path):
-    """The method's BertForMultiTask with one head per task, every parameter loaded from `state` (read from `path`)."""
+def load_model(method, config, heads, state, path, user_problems=None):
+    """The method's BertForMultiTask with one head per problem, every parameter loaded from `state` (read from
+    `path`)."""
     try:
-        model, _ = build_model(method, config, [TASKS[t].num_labels for t in heads], state, path, require_all=True)
+        model, _ = build_model(method, config, [problems.get_problem(t, user_problems) for t in heads], state, path,
+                               require_all=True)
     except ValueError as err:
         fail(str(err))
     return model.eval()
@@ -199,10 +206,15 @@ def load_run_directory(args):
     if args.model is not None and args.model != name:
         fail(f"--model {args.model} disagrees with {config_path}, which says {name}")
     method, heads = METHODS[name], record["task_names"]
-    for task in heads:  # the head's output order fixes each class index's meaning
-        table = list(TASKS[task].labels) if TASKS[task].labels else None
-        if record["task_labels"][task] != table:
-            fail(f"{config_path}: {task}'s labels are {record['task_labels'][task]}, this code's are {table}")
+    try:
+        user_problems = {n: problems.problem_from_record(r) for n, r in record.get("problems", {}).items()}
+        table = {task: problems.get_problem(task, user_problems) for task in heads}
+    except (KeyError, TypeError, ValueError) as err:
+        fail(f"{config_path}: its problems cannot be rebuilt ({err})")
+    for task, problem in table.items():  # the head's output order fixes each class index's meaning
+        labels = list(problem.labels) if problem.labels else None
+        if record["task_labels"][task] != labels:
+            fail(f"{config_path}: {task}'s labels are {record['task_labels'][task]}, this code's are {labels}")
     # The record is the model config plus the keys model_config_record adds; BertConfig keeps those as extras.
     config = method.modeling.BertConfig.from_dict(record, source=str(config_path))
     max_seq_length = args.max_seq_length or record["max_seq_length"]
@@ -210,11 +222,12 @@ def load_run_directory(args):
         fail(f"--max_seq_length {max_seq_length}: Gated-BERT's gate reads exactly the {record['max_seq_length']} "
              f"tokens it was trained with ({config_path})")
     state, _, checkpoint = read_mapped_state(checkpoint)
-    check_heads(state, heads, checkpoint, config_path)
+    check_heads(state, heads, checkpoint, config_path, user_problems)
     args_file = directory / ARGS_FILE
-    return LoadedModel(load_model(method, config, heads, state, checkpoint), method, heads,
-                       tasks_to_predict(args.tasks, heads), vocab_file, record["do_lower_case"], max_seq_length,
-                       json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {})
+    return LoadedModel(load_model(method, config, heads, state, checkpoint, user_problems), method, heads,
+                       tasks_to_predict(args.tasks, heads, user_problems), vocab_file, record["do_lower_case"],
+                       max_seq_length, json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {},
+                       user_problems)
 
 
 def load_checkpoint_file(args):
@@ -231,7 +244,7 @@ def load_checkpoint_file(args):
         tasks = tasks_to_predict(args.tasks, heads)
     else:  # --tasks describes the heads, as in the training run; all of them are predicted
         try:
-            heads = glue_processors.resolve_tasks(args.tasks or "all")
+            heads = problems.resolve_problems(args.tasks or "all")
         except ValueError as err:
             fail(f"--tasks: {err}")
         source, tasks = f"--tasks {args.tasks or 'all'}", tasks_to_predict(None, heads)
@@ -247,36 +260,52 @@ def load_checkpoint_file(args):
         rank = next((value.shape[0] for key, value in state.items() if ADAPTER_KEY.search(key)), None)
         config = configure_model(method, config, max_seq_length, rank)
     return LoadedModel(load_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
-                       bool(args.do_lower_case), max_seq_length, {})
+                       bool(args.do_lower_case), max_seq_length, {}, {})
 
 
 # ------------------------------------------------------------------------------------------------ submission files
 
-def submission_jobs(tasks, split):
-    """(task, data split, submission file name) of every file `tasks` give for --split test or dev."""
+@dataclass(frozen=True)
+class Job:
+    """One prediction file: a problem's data split, the file's name, and whether it is one of the GLUE server's."""
+
+    problem: object  # a Problem
+    split: str
+    file_name: str
+    glue: bool
+
+
+def prediction_jobs(loaded, split):
+    """Every file `loaded.tasks` give for --split test or dev: GLUE's submission files (a dev split under its test
+    split's name: dev_matched -> test_matched -> MNLI-m.tsv), and <name>.tsv / <name>.conll for other problems."""
     jobs = []
-    for task in tasks:
-        for test_split in TASKS[task].test_splits:
-            # Each dev split is written under its test split's name: dev_matched -> test_matched -> MNLI-m.tsv.
-            data_split = test_split if split == "test" else test_split.replace("test", "dev", 1)
-            if data_split in TASKS[task].splits:
-                jobs.append((task, data_split, TASKS[task].submission_file(test_split)))
+    for task in loaded.tasks:
+        problem = loaded.problem(task)
+        if problem.submission_files:
+            for test_split in problem.test_splits:
+                data_split = test_split if split == "test" else test_split.replace("test", "dev", 1)
+                if data_split in problem.splits:
+                    jobs.append(Job(problem, data_split, problem.submission_file(test_split), glue=True))
+        else:
+            jobs += [Job(problem, s, problems.prediction_file_name(problem, s), glue=False)
+                     for s in problem.expand_splits(split)]
     return jobs
 
 
-def prediction_strings(head, predictions):
+def prediction_strings(problem, predictions):
     """Class indices, or STS-B outputs (score / 5), as the GLUE server's labels."""
-    task = TASKS[head]
-    if task.is_regression:
-        scores = (predictions * STS_MAX_SCORE).clamp(0.0, STS_MAX_SCORE)
+    if problem.is_regression:
+        scores = (predictions * problem.label_scale).clamp(0.0, problem.label_scale)
         return [f"{score:.{STS_DECIMALS}f}" for score in scores.tolist()]
-    return [task.labels[i] for i in predictions.tolist()]
+    return [problem.labels[i] for i in predictions.tolist()]
 
 
-def prediction_files():
-    """Every file this script may write: what --overwrite_output_dir replaces, and nothing else."""
-    return [*(task.submission_file(split) for task in TASKS.values() for split in task.test_splits), SUBMISSION_ZIP,
-            DEV_RESULTS]
+def prediction_files(loaded):
+    """Every file this script may write for this model: what --overwrite_output_dir replaces, and nothing else."""
+    glue = [task.submission_file(split) for task in TASKS.values() for split in task.test_splits]
+    own = [problems.prediction_file_name(loaded.problem(t), s) for t in loaded.tasks
+           for kind in ("dev", "test") for s in loaded.problem(t).expand_splits(kind)]
+    return [*glue, *own, SUBMISSION_ZIP, DEV_RESULTS]
 
 
 def write_submission_file(path, indices, values):
@@ -294,22 +323,30 @@ def write_zip(path, files):
 
 
 def not_written(loaded, split, written, missing):
-    """Each of the GLUE server's files that was not written, with the reason."""
+    """Each of the GLUE server's files, and each asked-for problem's file, that was not written, with the reason."""
     notes = []
-    for task in TASKS:
-        for test_split in TASKS[task].test_splits:
-            name = TASKS[task].submission_file(test_split)
+    for task, problem in TASKS.items():
+        for test_split in problem.test_splits:
+            name = problem.submission_file(test_split)
             if name in written:
                 continue
             if name in missing:
                 reason = f"{missing[name]} not found"
             elif task in loaded.tasks:  # asked for, but the task has no such split (AX has no dev set)
                 reason = f"{task} has no {split} set"
-            elif not can_predict(task, loaded.heads):
-                reason = f"the model has no {head_task(task)} head"
+            elif not can_predict(problem, loaded.heads):
+                reason = f"the model has no {head_task(problem)} head"
             else:
                 reason = "not in --tasks"
             notes.append(f"{name} ({reason})")
+    for task in loaded.tasks:
+        problem = loaded.problem(task)
+        if problem.submission_files:
+            continue
+        if not problem.expand_splits(split):
+            notes.append(f"{task} ({task} has no {split} set)")
+        notes += [f"{name} ({missing[name]} not found)" for name in missing
+                  if name.startswith(f"{task}.") or name.startswith(f"{task}-")]
     return notes
 
 
@@ -343,17 +380,17 @@ def main(args):
     print(f"reading the {args.split} files from {data_dir} ({origin})")
 
     # ---------------------------------------------------------------- data: every file read before any prediction
-    jobs, missing, features = submission_jobs(loaded.tasks, args.split), {}, {}
-    for task, split, file_name in jobs:
-        path = glue_processors.task_file(data_dir, task, split)
+    jobs, missing, features = prediction_jobs(loaded, args.split), {}, {}
+    for job in jobs:
+        path = problems.problem_file(data_dir, job.problem, job.split)
         if not path.is_file():
-            missing[file_name] = path
-            print(f"{file_name}: skipped, {path} not found")
+            missing[job.file_name] = path
+            print(f"{job.file_name}: skipped, {path} not found")
             continue
         try:
-            features[file_name] = glue_processors.load_features(data_dir, task, split, loaded.vocab_file,
-                                                                loaded.do_lower_case, loaded.max_seq_length,
-                                                                cache_dir=cache_dir)
+            features[job.file_name] = problems.load_problem_features(
+                job.problem, job.split, data_dir, loaded.vocab_file, loaded.do_lower_case, loaded.max_seq_length,
+                cache_dir=cache_dir, user_problems=loaded.user_problems)
         except ValueError as err:  # a malformed file: stop before writing a partial submission
             fail(str(err))
     if not features:
@@ -361,41 +398,47 @@ def main(args):
 
     # ---------------------------------------------------------------- predict, write one file per split
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in prediction_files():  # an earlier prediction's (--overwrite_output_dir), maybe of the other --split
+    for name in prediction_files(loaded):  # an earlier prediction's (--overwrite_output_dir), maybe of another --split
         (output_dir / name).unlink(missing_ok=True)
     written, scores = [], {}
-    for task, split, file_name in jobs:
-        if file_name in missing:
+    for job in jobs:
+        if job.file_name in missing:
             continue
-        data, head = features[file_name], head_of(task, loaded.heads)
-        if head is None:  # WNLI without a head of its own: the majority class for every example
-            head = task
-            predictions = torch.full((len(data),), TASKS[task].labels.index(WNLI_MAJORITY_LABEL))
+        problem, data, head = job.problem, features[job.file_name], head_of(job.problem, loaded.heads)
+        if head is None:  # WNLI without a head of its own: its row's default (majority) class for every example
+            predictions = torch.full((len(data),), problem.labels.index(problem.default_label))
         else:
             logits = predict(model, data, loaded.heads.index(head), batch_size, device,
-                             AUTOCAST_DTYPES.get(precision), pad_to, desc=f"{task} {split}")
-            predictions = logits_to_predictions(head, logits)
-        indices = data.index if args.split == "test" else range(len(data))
-        write_submission_file(output_dir / file_name, indices, prediction_strings(head, predictions))
-        written.append(output_dir / file_name)
-        print(f"{file_name}: {len(data)} predictions")
+                             AUTOCAST_DTYPES.get(precision), pad_to, desc=f"{problem.name} {job.split}")
+            predictions = problems.predictions_from_logits(loaded.problem(head), logits)
+        path = output_dir / job.file_name
+        if job.glue:
+            indices = data.index if args.split == "test" else range(len(data))
+            write_submission_file(path, indices, prediction_strings(loaded.problem(head or problem.name), predictions))
+        else:
+            problems.write_predictions(problem, job.split, predictions, data, path, data_dir)
+        written.append(job)
+        print(f"{job.file_name}: {len(data)} {'sentence pieces' if problem.type == 'seq_tag' else 'predictions'}")
         if args.split == "dev":
-            scores.setdefault(task, {}).update(glue_processors.compute_metrics(task, split, predictions, data.labels))
+            scores.setdefault(problem.name, {}).update(problems.problem_metrics(problem, job.split, predictions, data))
 
     # ---------------------------------------------------------------- the zip or the dev metrics; what is missing
-    if args.split == "test":
-        write_zip(output_dir / SUBMISSION_ZIP, written)
-        print(f"{output_dir / SUBMISSION_ZIP}: {len(written)} files")
-    else:
-        # The GLUE score averages the tasks the model has a head for, as the training run's does; a majority-class
+    submission = [output_dir / job.file_name for job in written if job.glue]
+    if args.split == "test" and submission:
+        write_zip(output_dir / SUBMISSION_ZIP, submission)
+        print(f"{output_dir / SUBMISSION_ZIP}: {len(submission)} files")
+    elif args.split == "dev":
+        # The mean averages the problems the model has a head for, as the training run's does; a majority-class
         # WNLI is reported but not averaged (None when it is all there is).
+        by_name = {t: loaded.problem(t) for t in scores}
         head_scores = {t: s for t, s in scores.items() if t in loaded.heads}
-        glue = glue_processors.glue_score(head_scores) if head_scores else None
-        save_json({"model_dir": str(args.model_dir), "scores": scores, "glue_score": glue,
-                   "task_scores": {t: glue_processors.task_score(s) for t, s in scores.items()}},
+        overall = mean_score(head_scores, by_name) if head_scores else None
+        save_json({"model_dir": str(Path(args.model_dir).absolute()), "scores": scores, "glue_score": overall,
+                   "task_scores": {t: problems.problem_score(by_name[t], s) for t, s in scores.items()}},
                   output_dir / DEV_RESULTS)
-        print(f"dev: {format_scores(scores, glue)}" if head_scores else f"dev: {scores}")
-    notes = not_written(loaded, args.split, {path.name for path in written}, missing)
+        label = overall_label([loaded.problem(t) for t in loaded.heads])
+        print(f"dev: {format_scores(scores, overall, label)}" if head_scores else f"dev: {scores}")
+    notes = not_written(loaded, args.split, {job.file_name for job in written}, missing)
     if notes:
         print(f"not written: {'; '.join(notes)}")
 

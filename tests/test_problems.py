@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import glue_processors
+import modeling
 import problems
 from conftest import FIXTURES, fixture_glue_dir, require
 from glue_processors import IGNORE_INDEX, PROBLEM_TYPES, TASKS, Features, Problem, Task, make_batch
@@ -72,9 +73,9 @@ def write_problems(tmp_path, spec, files=None):
 # ---- the tables ---------------------------------------------------------------------------------------------------
 
 def test_types_table_decides_the_head_input():
-    assert set(TYPES) == set(PROBLEM_TYPES) == {"cls", "regression", "multi_cls", "seq_tag"}
-    assert {name: t.head_input for name, t in TYPES.items()} == {
-        "cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens"}
+    assert set(TYPES) == set(PROBLEM_TYPES) == set(modeling.HEAD_INPUTS) == set(modeling.LOSSES)
+    assert set(PROBLEM_TYPES) == {"cls", "regression", "multi_cls", "seq_tag"}
+    assert modeling.HEAD_INPUTS == {"cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens"}
     assert {name: t.file_suffix for name, t in TYPES.items()} == {
         "cls": ".tsv", "regression": ".tsv", "multi_cls": ".tsv", "seq_tag": ".conll"}
 

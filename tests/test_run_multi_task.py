@@ -198,7 +198,7 @@ def test_missing_task_files_are_all_listed_before_any_work(tmp_path, tiny_config
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--tasks", "cola,squad"], "--tasks: unknown GLUE task 'squad'; valid names: cola, mrpc"),
+    (["--tasks", "cola,squad"], "--tasks: unknown problem 'squad'; valid names: cola, mrpc"),
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0"),
     (["--train_batch_size", "6", "--gradient_accumulation_steps", "4"],
      "--train_batch_size 6 must be a multiple of --gradient_accumulation_steps 4"),

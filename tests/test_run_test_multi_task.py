@@ -421,3 +421,74 @@ def test_non_empty_output_dir_is_refused_unless_overwritten(runs, tmp_path, caps
     assert f"reading the test files from {fixture_glue_dir()} (the training run's --data_dir" in printed
     # the dev split's files are gone (no stale dev_results.json beside test predictions); other files stay
     assert sorted(p.name for p in out.iterdir()) == ["RTE.tsv", "my_notes.txt", run_test_multi_task.SUBMISSION_ZIP]
+
+
+# ---------------------------------------------------------------------------------------------------- other problems
+
+PROBLEMS_FILE = fixture_glue_dir().parent / "problems" / "problems.json"
+USER_PROBLEMS = ("emotion", "ner", "senti", "score")
+
+
+@pytest.fixture(scope="module")
+def user_run(workspace):
+    """A run on the user's four problems of tests/fixtures/problems (one of each type), from its problems file."""
+    output_dir = workspace["root"] / "user"
+    argv = ["--output_dir", str(output_dir), "--tasks", ",".join(USER_PROBLEMS), "--problems", str(PROBLEMS_FILE),
+            "--sample", "rr", "--do_train", "--do_eval", "--do_lower_case", "--data_dir", str(fixture_glue_dir()),
+            "--vocab_file", str(workspace["minilm"] / "vocab.txt"), "--bert_config_file", str(workspace["config"]),
+            "--max_seq_length", "16", "--train_batch_size", "4", "--eval_batch_size", "3", "--num_train_epochs",
+            "2", "--steps_per_epoch", "4", "--learning_rate", "1e-3", "--no_cuda", "--cache_dir",
+            str(workspace["cache"])]
+    multitask.main(multitask.parse_args(run_multi_task.__doc__, argv), run_multi_task.METHOD)
+    return output_dir
+
+
+def test_user_problems_train_with_their_types_metrics_and_records(user_run):
+    evals = [json.loads(line) for line in (user_run / multitask.EVAL_LOG).read_text().splitlines()]
+    assert {t: set(m) for t, m in evals[-1]["scores"].items()} == {
+        "emotion": {"micro_f1", "macro_f1", "exact_match"}, "ner": {"f1", "precision", "recall"},
+        "senti": {"acc"}, "score": {"pearson", "spearman"}}
+    config = json.loads((user_run / multitask.CONFIG_FILE).read_text())
+    assert set(config["problems"]) == set(USER_PROBLEMS)  # the run directory predicts on its own
+    assert config["problems"]["ner"]["type"] == "seq_tag"
+    state = load_first_tensor_shapes(user_run / multitask.BEST_MODEL)
+    labels = config["task_labels"]
+    assert state["classifier.0.weight"] == (len(labels["emotion"]), TINY["hidden_size"])  # multi-label: one per label
+    assert state["classifier.1.weight"] == (len(labels["ner"]), TINY["hidden_size"])  # one output per tag
+    assert state["classifier.3.weight"] == (1, TINY["hidden_size"])  # regression
+
+
+def load_first_tensor_shapes(path):
+    return {k: tuple(v.shape) for k, v in torch.load(path, weights_only=True).items()}
+
+
+def test_user_problems_dev_split_reproduces_the_logged_metrics(user_run, tmp_path, capsys):
+    out = tmp_path / "dev"
+    run_script("--model_dir", user_run, "--output_dir", out, "--split", "dev")
+    best = [json.loads(line) for line in (user_run / multitask.EVAL_LOG).read_text().splitlines()]
+    best = [e for e in best if e["best"]][-1]
+    results = json.loads((out / run_test_multi_task.DEV_RESULTS).read_text())
+    for task, metrics in best["scores"].items():
+        assert results["scores"][task] == pytest.approx(metrics, abs=1e-9), task
+    assert results["glue_score"] == pytest.approx(best["glue_score"], abs=1e-9)
+    # The CoNLL file: every token of the dev file once, as written there, with its gold and predicted tag.
+    gold_lines = [line.split() for line in (PROBLEMS_FILE.parent / "ner" / "dev.txt").read_text().splitlines()
+                  if line.strip() and not line.startswith("-DOCSTART-")]
+    written = [line.split("\t") for line in (out / "ner.conll").read_text().splitlines() if line]
+    assert [(w[0], w[1]) for w in written] == [(g[0], g[-1]) for g in gold_lines]
+    assert {w[2] for w in written} <= set(json.loads((user_run / "config.json").read_text())["task_labels"]["ner"])
+    assert (out / "emotion.tsv").read_text().startswith("index\tprediction\n")
+
+
+def test_user_problems_test_split_writes_their_files(user_run, tmp_path, capsys):
+    out = tmp_path / "test"
+    run_script("--model_dir", user_run, "--output_dir", out)
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["emotion.tsv", "ner.conll"]  # senti and score have no test set
+    assert "senti has no test set" in printed and "score has no test set" in printed
+    test_tokens = [line.split()[0] for line in (PROBLEMS_FILE.parent / "ner" / "test.txt").read_text().splitlines()
+                   if line.strip()]
+    written = [line.split("\t") for line in (out / "ner.conll").read_text().splitlines() if line]
+    assert [w[0] for w in written] == test_tokens and all(len(w) == 2 for w in written)
+    rows = (out / "emotion.tsv").read_text().splitlines()
+    assert len(rows) == len((PROBLEMS_FILE.parent / "emotion" / "test.tsv").read_text().splitlines())
