@@ -277,23 +277,30 @@ class BertModel(nn.Module):
         # states of padding positions (Gated-BERT's gate) or computes as the original did (bench.py).
         self.pack_tokens = True
 
-    def forward(self, input_ids, token_type_ids, attention_mask, task_id=0, token_index=None):
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id=0, token_index=None, packed_output=False):
         """input_ids, token_type_ids, attention_mask (1 = token, 0 = padding, real tokens first): (B, T).
         token_index: the flat positions of the real tokens, attention_mask.flatten().nonzero() (B*T positions),
         given by the caller to spare a device-to-host sync on CUDA (glue_processors.make_batch builds it).
 
-        Returns the last hidden states (B, T, H) (zeros at padding when packed) and the pooled [CLS] output (B, H).
+        Returns the last hidden states and the pooled [CLS] output (B, H). The hidden states are (B, T, H) (zeros at
+        padding when packed), or with `packed_output` the real tokens' states (N, H) in row-major order, as the
+        per-token layers computed them (a per-token head reads them without padding them first).
         """
         B, T = input_ids.shape
-        if not self.pack_tokens:
-            token_index = None
-        elif token_index is None:
+        if token_index is None and (self.pack_tokens or packed_output):
             token_index = attention_mask.flatten().nonzero().squeeze(1)
-        layout = TokenLayout(attention_mask[:, None, None, :].bool(), token_index, B, T)
+        layout = TokenLayout(attention_mask[:, None, None, :].bool(), token_index if self.pack_tokens else None, B, T)
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         hidden_states = self.embeddings(layout.pack(input_ids), layout.pack(token_type_ids), layout.pack(positions))
-        hidden_states = layout.pad(self.encoder(hidden_states, layout, task_id))  # (B, T, H)
-        return hidden_states, self.pooler(hidden_states[:, 0])
+        hidden_states = self.encoder(hidden_states, layout, task_id)  # (N, H) packed or (B, T, H)
+        if not packed_output:
+            hidden_states = layout.pad(hidden_states)  # (B, T, H)
+            return hidden_states, self.pooler(hidden_states[:, 0])
+        if not self.pack_tokens:
+            hidden_states = hidden_states.reshape(B * T, -1)[token_index]  # (N, H)
+        lengths = attention_mask.sum(1)
+        first_tokens = torch.cumsum(lengths, 0) - lengths  # (B,): where each row's [CLS] sits among the N tokens
+        return hidden_states, self.pooler(hidden_states[first_tokens])
 
 
 # What a problem's type decides in the model (problems.TYPES decides the rest: labels, metrics, prediction files):
@@ -347,15 +354,11 @@ class BertForMultiTask(nn.Module):
         """Logits of task `task_id`'s head, and its loss when labels are given (else None). A "pooled" head gives
         (B, num_labels) logits for labels (B,) or (B, L); a "tokens" head (N, num_labels) for the N real tokens in
         row-major order, labels (N,) (make_batch's token_labels). token_index: optional, see BertModel.forward."""
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index)
         kind = self.problem_types[task_id]
-        if HEAD_INPUTS[kind] == "tokens":
-            if token_index is None:
-                token_index = attention_mask.flatten().nonzero().squeeze(1)
-            states = hidden.reshape(-1, hidden.shape[-1])[token_index]  # (N, H): real tokens, packed
-        else:
-            states = pooled
-        logits = self.classifier[task_id](self.dropout(states))
+        per_token = HEAD_INPUTS[kind] == "tokens"
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
+                                   packed_output=per_token)
+        logits = self.classifier[task_id](self.dropout(hidden if per_token else pooled))  # hidden: (N, H) packed
         return logits, None if labels is None else LOSSES[kind](logits, labels)
 
     def shape_hint(self, state):

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import importlib.util
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ import modeling
 import modeling_gated
 import optimization
 import problems
+import reporting
 import tokenization
 from modeling import BERT_PARAMETER, HEAD_INPUTS, load_mapped_state, map_state_dict, read_state_dict
 
@@ -65,6 +67,7 @@ ARGS_FILE, CONFIG_FILE, VOCAB_FILE = "args.json", "config.json", "vocab.txt"
 TEXT_LOG, TRAIN_LOG, EVAL_LOG = "train.log", "train_log.jsonl", "eval_results.jsonl"
 BEST_MODEL, LAST_CHECKPOINT = "best_model.pth", "last_checkpoint.pth"
 EPOCH_MODEL = "model_epoch_{}.pth"  # Gated-BERT keeps the model of every epoch, as the original
+REPORT_DIR = "tensorboard"  # --report_to tensorboard: the event files
 # Every file or folder a training run writes: what --overwrite_output_dir may remove, and nothing else.
 RUN_FILES = (ARGS_FILE, CONFIG_FILE, VOCAB_FILE, TEXT_LOG, TRAIN_LOG, EVAL_LOG, BEST_MODEL, LAST_CHECKPOINT)
 RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"), ".*.tmp")
@@ -188,6 +191,9 @@ def parse_args(description, argv=None):
                         help="also write the resumable checkpoint every this many steps (it is always written at "
                              "the end of each epoch and on Ctrl-C)")
     parser.add_argument("--log_steps", type=int, default=50, help="optimizer steps per train_log.jsonl interval")
+    parser.add_argument("--report_to", default=None, choices=reporting.REPORT_TO_CHOICES,
+                        help=f"also write the training curves and dev metrics as TensorBoard event files, under "
+                             f"--output_dir/{REPORT_DIR} (needs the tensorboard package)")
     parser.add_argument("--resume", action="store_true",
                         help=f"continue from --output_dir/{LAST_CHECKPOINT} (start fresh if there is none)")
     parser.add_argument("--overwrite_output_dir", action="store_true",
@@ -659,6 +665,7 @@ class Run:
     resolved: dict = None  # args.json
     user_problems: dict = None  # --problems: name -> Problem
     heads: list = None  # the run's problems (Problem objects), in head order
+    reporter: object = dataclasses.field(default_factory=reporting.NullReporter)  # --report_to, on rank 0
 
     @property
     def is_main(self):
@@ -719,6 +726,8 @@ def check_inputs(run):
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.resume and not args.overwrite_output_dir:
         fail(f"--output_dir {args.output_dir} is not empty: pass --resume to continue that run or "
              "--overwrite_output_dir")
+    if args.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        fail("--report_to tensorboard needs the tensorboard package: pip install tensorboard")
     run.user_problems = read_user_problems(args.problems)
     if isinstance(args.tasks, str):
         args.tasks = resolve_task_names(args.tasks, args.task_id, run.user_problems)
@@ -846,12 +855,14 @@ def prepare_output_dir(run, resuming):
 
 
 def remove_run_files(output_dir):
-    """The files a training run writes (RUN_FILES and RUN_FILE_PATTERNS), and nothing else the folder holds."""
+    """The files a training run writes (RUN_FILES, RUN_FILE_PATTERNS, REPORT_DIR), and nothing else the folder
+    holds."""
     for name in RUN_FILES:
         (output_dir / name).unlink(missing_ok=True)
     for pattern in RUN_FILE_PATTERNS:
         for path in output_dir.glob(pattern):
             path.unlink()
+    shutil.rmtree(output_dir / REPORT_DIR, ignore_errors=True)  # the event files of --report_to
 
 
 def restore(run, state, model, optimizer, scheduler, scaler, sampler, progress):
@@ -912,6 +923,7 @@ def run_evaluation(run, model, eval_sets, progress, epoch):
             "task_scores": {t: problems.problem_score(by_name[t], m) for t, m in scores.items()}, "best": is_best})
         where = f"epoch {epoch + 1} step {progress.global_step}" if epoch is not None else run.args.init_checkpoint
         logger.info(f"dev, {where}: {format_scores(scores, overall, overall_label(run.heads))}")
+        run.reporter.dev(progress.global_step, scores, overall)
         if is_best and run.args.do_train:
             progress.best_score = score
             save_torch(model.state_dict(), run.output_dir / BEST_MODEL)
@@ -988,6 +1000,7 @@ def flush_log(run, tally, stop, scheduler, progress, epoch, bar):
                                                           "task": task, "loss": losses[task],
                                                           "steps": tally.steps[t], "lr": lr})
         bar.set_postfix_str(" ".join(f"{task} {loss:.3f}" for task, loss in losses.items()) + f" lr {lr:.2e}")
+        run.reporter.train(progress.global_step, losses, lr)
     tally.sums.zero_()
     tally.steps[:] = [0] * len(tally.steps)
     return stop_votes > 0
@@ -1039,6 +1052,9 @@ def main(args, method):
     if resume_state is not None:
         restore(run, resume_state, model, optimizer, scheduler, scaler, sampler, progress)
     checkpoint = lambda: save_checkpoint(run, model, optimizer, scheduler, scaler, sampler, progress)  # noqa: E731
+    if run.is_main:
+        run.reporter = reporting.open_reporter(args.report_to, run.output_dir / REPORT_DIR,
+                                               resume_step=progress.global_step if resume_state else None)
     if progress.global_step >= run.total_steps:  # a finished run resumed: nothing to train, nothing to evaluate again
         logger.info(f"the run already finished at step {progress.global_step}")
         return finish(run)
@@ -1058,6 +1074,8 @@ def main(args, method):
                 counts = {task: schedule[:epoch_steps].count(t) for t, task in enumerate(run.tasks)}
                 append_jsonl(run.output_dir / TRAIN_LOG, {"global_step": progress.global_step, "epoch": epoch,
                                                           "task_counts": counts, "alpha": sampler.alpha(epoch)})
+                run.reporter.epoch(progress.global_step, sampler.alpha(epoch),
+                                   {task: count / epoch_steps for task, count in counts.items()})
             with tqdm(total=epoch_steps, initial=first_step, desc=f"epoch {epoch + 1}/{run.num_epochs}",
                       disable=not run.is_main) as bar:
                 for i in range(first_step, epoch_steps):
@@ -1111,5 +1129,6 @@ def main(args, method):
 
 
 def finish(run):
+    run.reporter.close()
     if run.distributed:
         dist.destroy_process_group()

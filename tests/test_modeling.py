@@ -734,3 +734,63 @@ def test_truncated_torch_file_is_named(tmp_path, fraction):
     with pytest.raises(ValueError, match=r"best_model.pth is truncated: \d+ bytes of a PyTorch zip archive") as error:
         load_pretrained(model, path)
     assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------------- heads by type
+
+def test_glue_model_keeps_its_heads_by_width():
+    model = BertForMultiTask(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                        intermediate_size=37), [2, 3, 1])
+    assert model.problem_types == ["cls", "cls", "regression"]
+
+
+def test_each_type_reads_its_input_and_trains_with_its_loss():
+    """cls and regression as GLUE's; multi_cls: (B, L) logits against multi-hot labels with BCE; seq_tag: one row of
+    logits per real token (packed, row-major), cross-entropy skipping the -100 labels."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForMultiTask(config, [2, 1, 5, 4], ["cls", "regression", "multi_cls", "seq_tag"]).eval()
+    ids = torch.tensor([[2, 5, 7, 3, 0], [2, 9, 3, 0, 0]])
+    mask = (ids > 0).long()
+    types = torch.zeros_like(ids)
+    hidden, pooled = model.bert(ids, types, mask, 0)
+
+    logits, loss = model(ids, types, mask, 0, torch.tensor([1, 0]))
+    assert torch.allclose(loss, F.cross_entropy(model.classifier[0](pooled), torch.tensor([1, 0])), atol=1e-6)
+    logits, loss = model(ids, types, mask, 1, torch.tensor([0.2, 0.8]))
+    assert logits.shape == (2, 1) and torch.allclose(loss, F.mse_loss(logits[:, 0], torch.tensor([0.2, 0.8])))
+
+    hot = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 0, 0, 0]])  # an empty label set is allowed
+    logits, loss = model(ids, types, mask, 2, hot)
+    assert logits.shape == (2, 5)
+    expected = -(hot * F.logsigmoid(logits) + (1 - hot) * F.logsigmoid(-logits)).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+    tags = torch.tensor([-100, 1, 2, -100, -100, 3, -100])  # [CLS] w w [SEP] | [CLS] w [SEP]: 7 real tokens
+    logits, loss = model(ids, types, mask, 3, tags)
+    real = hidden[mask.bool()]  # (7, H) in row-major order
+    assert logits.shape == (7, 4) and torch.allclose(logits, model.classifier[3](real), atol=1e-6)
+    kept = tags != -100
+    assert torch.allclose(loss, F.cross_entropy(logits[kept], tags[kept]), atol=1e-6)
+
+
+def test_unknown_problem_type_is_refused():
+    with pytest.raises(ValueError, match=r"problem_types \['cls', 'ner'\] must name one of"):
+        BertForMultiTask(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    intermediate_size=37), [2, 3], ["cls", "ner"])
+
+
+@pytest.mark.parametrize("pack_tokens", [True, False])
+def test_packed_output_is_the_padded_output_at_real_tokens(pack_tokens):
+    """What a per-token head reads (packed_output) is the padded computation's states at the real tokens, and the
+    pooled output is the same, whether the layers ran packed or padded (Gated-BERT, --compile on CUDA)."""
+    torch.manual_seed(0)
+    model = BertForMultiTask(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=37), [3], ["seq_tag"]).eval()
+    model.bert.pack_tokens = pack_tokens
+    ids = torch.tensor([[2, 5, 7, 3, 0, 0], [2, 9, 3, 0, 0, 0], [2, 4, 4, 4, 6, 3]])
+    mask, types = (ids > 0).long(), torch.zeros_like(ids)
+    hidden, pooled = model.bert(ids, types, mask, 0)
+    tokens, pooled_packed = model.bert(ids, types, mask, 0, packed_output=True)
+    assert torch.equal(tokens, hidden[mask.bool()]) and torch.equal(pooled_packed, pooled)

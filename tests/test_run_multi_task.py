@@ -1,8 +1,10 @@
 """run_multi_task.py end to end: the seed command on real GLUE data and MiniLM weights, Ctrl-C and --resume,
 torchrun, and bad input. Runs call `multitask.main` in-process where they can (no interpreter start-up per run)."""
+import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import torch
 
 import multitask
 import run_multi_task
-from conftest import ROOT, fixture_glue_dir, minilm_dir, shared_glue_dir
+from conftest import ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir
 
 SMALL_TASKS = "cola,mrpc,rte,sts,sst"
 OUTPUT_FILES = ("args.json", "config.json", "vocab.txt", "train.log", "train_log.jsonl", "eval_results.jsonl",
@@ -468,3 +470,29 @@ def test_resume_refuses_a_changed_flag(tmp_path, tiny_config, flag, first, secon
     run(command(first))
     error = one_line_error([*command(second), "--resume"])
     assert f"changed: {flag} (was {first!r}, now {second!r})" in error
+
+
+# ---------------------------------------------------------------------------------------------------- the console
+
+def test_each_epoch_bar_reaches_its_total_and_shows_the_losses(tmp_path, tiny_config, capsys):
+    run(tiny_command(tmp_path / "run", tiny_config, tmp_path / "cache", "--steps_per_epoch", 4, "--log_steps", 2))
+    err = capsys.readouterr().err
+    for epoch in (1, 2):
+        assert re.search(rf"epoch {epoch}/2: 100%\|[^|]*\| 4/4 \[", err), err[-2000:]
+    assert re.search(r"4/4 \[[^\]]*, (cola|rte|sts) \d+\.\d{3}.* lr \d\.\d\de[-+]\d\d\]", err)
+
+
+def test_report_to_tensorboard_writes_the_curves(tmp_path, tiny_config):
+    require(importlib.util.find_spec("tensorboard") is not None, "needs tensorboard: pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out = tmp_path / "run"
+    run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 3, "--do_eval", "--eval_batch_size",
+                     64, "--report_to", "tensorboard"))
+    events = EventAccumulator(str(out / multitask.REPORT_DIR))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/lr", "train/alpha", "dev/score", "dev/cola/mcc", "dev/sts/pearson"} <= tags
+    assert {t for t in tags if t.startswith("train/loss/")} <= {"train/loss/cola", "train/loss/rte", "train/loss/sts"}
+    assert [e.step for e in events.Scalars("dev/score")] == [3, 6]
+    assert [e.step for e in events.Scalars("train/lr")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("train/alpha")] == [0, 3]
