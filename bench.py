@@ -22,12 +22,14 @@ The paths, fed the identical batches:
                    when transformers is not installed (it is never a dependency of the project).
 Gated-BERT: (1) and (2) with modeling_gated's model (the original's last layer: `OriginalGatedSelfAttention`), both
 padded to max_seq_length (the gate reads the whole padded sequence); the phase's frozen parameters get no update.
+PALs: path (1) with modeling_pals's model beside path (1) with EmBERT's, on the same batches (what the PALs cost).
 
 Sections: train (one optimizer step), fwdbwd (forward+backward only), eval (forward only over dev sets, batches of
 --eval_batch_size; sorted by length and padded to the longest as multitask.predict, except the original: file order,
-padded to 128, logits to the host per batch), gated (Gated-BERT's step), data (featurising every GLUE file cold in one
-process and in --workers processes, then from the cache). Also: the host cost of path (1)'s batch pipeline, the
-projected time of the seed's 60,000-step run, --profile, and everything in --json.
+padded to 128, logits to the host per batch), gated (Gated-BERT's step), pals (PALs' step beside EmBERT's), data
+(featurising every GLUE file cold in one process and in --workers processes, then from the cache). Also: the host
+cost of path (1)'s batch pipeline, the projected time of the seed's 60,000-step run, --profile, and everything in
+--json.
 
 Batches: the training sets of the five small GLUE tasks in ../shared/glue (cola, mrpc, rte, sts, sst), tokenized with
 MiniLM's vocab (bert-base-uncased's); a task drawn per step by multitask.TaskSampler("anneal") with the real sizes at
@@ -42,9 +44,10 @@ whose cores other jobs share, the default thread pool waits for its slowest thre
 
 FLOPs (what "model FLOPs" counts): the useful work of the batch, the same for every path: 6 x P x real tokens for
 training (2 x P forward only), P = parameters multiplied once per token (encoder layers; the gated layer's own-task
-value adapter only, every task's query/key adapters), plus 6 x P_seq per sequence (pooler, the task's head, Gated-BERT's
-gate layers, which read the flattened padded sequence once), plus attention 12 x layers x hidden x n^2 per sequence of
-n real tokens (QK^T and PV, 4 n^2 hidden forward, x3 with the backward pass). Padding is not counted: a path that
+value adapter only, every task's query/key adapters; the batch task's PAL in every layer), plus 6 x P_seq per
+sequence (pooler, the task's head, Gated-BERT's gate layers, which read the flattened padded sequence once), plus
+attention 12 x layers x hidden x n^2 per sequence of n real tokens (QK^T and PV, 4 n^2 hidden forward, x3 with the
+backward pass; hidden + hidden_size_aug with PALs). Padding is not counted: a path that
 computes on padding does more arithmetic for the same model FLOPs. MFU = model FLOP/s / the GPU's dense bf16 peak
 (`PEAK_BF16_TFLOPS`, or --peak_tflops), for every path alike (fp32 paths included), so MFU ratios are speed ratios.
 """
@@ -70,6 +73,7 @@ from torch.profiler import record_function
 import glue_processors
 import modeling
 import modeling_gated
+import modeling_pals
 import multitask
 import optimization
 from glue_processors import TASKS, load_examples, load_features, task_file
@@ -108,7 +112,7 @@ PEAK_BF16_TFLOPS = (
 )
 # Defaults per device type: (warm-up steps, timed steps per round, rounds, eval examples per task (0 = whole dev)).
 RUN_DEFAULTS = {"cpu": (3, 10, 3, 128), "cuda": (20, 100, 5, 0)}
-SECTIONS = ("train", "fwdbwd", "eval", "gated", "data")
+SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "data")
 # Calls per measurement of the per-step batch pipeline (sampler draw, make_batch, copy to the device).
 PIPELINE_CALLS = 200
 # The data section: official size of MNLI train and its file size in bytes (../shared/glue/README.md, from the Git LFS
@@ -278,13 +282,13 @@ class FlopModel:
     per_token: int
     per_sequence: list  # per task
     layers: int
-    hidden: int
+    hidden: int  # attention width per layer: hidden_size, plus hidden_size_aug for the PAL's attention
 
     @classmethod
     def of(cls, model):
         encoder = model.bert.encoder
         per_token = sum(p.numel() for n, p in encoder.named_parameters() if "task_emb" not in n
-                        and ".weight_layer_" not in n and ".value_list." not in n)
+                        and ".weight_layer_" not in n and ".value_list." not in n and ".multi_layers." not in n)
         heads = [sum(p.numel() for p in head.parameters()) for head in model.classifier]
         per_sequence = sum(p.numel() for p in model.bert.pooler.parameters())
         gated = encoder.layer[-1].attention.self
@@ -292,8 +296,12 @@ class FlopModel:
             per_token += sum(p.numel() for p in gated.value_list[0].parameters())  # the own task's value adapter
             per_sequence += sum(p.numel() for gate in (gated.weight_layer_q, gated.weight_layer_k)
                                 for p in gate.parameters())
+        attention_width = model.config.hidden_size
+        if isinstance(encoder, modeling_pals.BertEncoder):  # one task's PAL per layer, its V_E/V_D in each of them
+            per_token += sum(p.numel() for layer in encoder.layer for p in layer.multi_layers[0].parameters())
+            attention_width += model.config.hidden_size_aug
         return cls(per_token, [per_sequence + head for head in heads], model.config.num_hidden_layers,
-                   model.config.hidden_size)
+                   attention_width)
 
     def batch_flops(self, task, lengths, training):
         """Useful FLOPs of one batch with real lengths `lengths` (B,): module docstring."""
@@ -737,6 +745,30 @@ def gated_section(args, setting, config, peak):
     return section
 
 
+def pals_section(args, setting, config, peak):
+    """PALs' training step beside EmBERT's: path (1) for both, the same batches, the same settings."""
+    pals_config = modeling_pals.BertConfig.from_dict({**config.to_dict(), "our_attn": False})  # PAL width 204
+    sizes = [len(f) for f in setting.train_sets]
+    timed = draw_batches(sizes, args.steps, args.seed, multitask.embert_alpha)  # PALs anneal as EmBERT
+    warmup = draw_batches(sizes, args.warmup, args.seed + 1, multitask.embert_alpha)
+    heads = [TASKS[t].num_labels for t in BENCH_TASKS]
+    torch.manual_seed(args.seed)
+    embert = modeling.BertForMultiTask(config, heads)
+    pals = modeling_pals.BertForMultiTask(pals_config, heads)
+    runners = [ours_runner(embert, setting), ours_runner(pals, setting, name="pals")]
+    print(f"{time.strftime('%H:%M:%S')} timed: PALs train beside EmBERT's (2 paths x {args.repeats} rounds x "
+          f"{len(timed)} steps)", flush=True)
+    seconds = timed_rounds(runners, warmup, timed, args.repeats, setting.device,
+                           lambda runner, draw: runner.train_step(draw))
+    work = {**training_work(runners[:1], timed, setting, FlopModel.of(embert)),
+            **training_work(runners[1:], timed, setting, FlopModel.of(pals))}
+    section = summarize(seconds, work)
+    add_mfu(section, peak)
+    section["hidden_size_aug"] = pals_config.hidden_size_aug
+    section["parameters"] = {"ours": modeling.count_parameters(embert), "pals": modeling.count_parameters(pals)}
+    return section
+
+
 def pipeline_costs(setting, draws):
     """Microseconds per call of what path (1) does on the host before the model runs: the sampler's draw of a
     batch's indices, make_batch, the copy to the device (pinned, non-blocking; nothing on the CPU)."""
@@ -1035,7 +1067,8 @@ def main(argv=None):
           f"{args.warmup} warm-up + {args.repeats} x {args.steps} timed steps")
 
     titles = {"train": "train: one optimizer step", "fwdbwd": "forward+backward (no optimizer)",
-              "eval": f"eval: forward only, batch {args.eval_batch_size}", "gated": "Gated-BERT train: one step"}
+              "eval": f"eval: forward only, batch {args.eval_batch_size}", "gated": "Gated-BERT train: one step",
+              "pals": "PALs train: one step, beside EmBERT's (ours)"}
 
     def report_sections(*keys):
         """Print what a section measured as soon as it is done, and write every number so far to --json (a run
@@ -1068,6 +1101,9 @@ def main(argv=None):
         if "gated" in args.sections:
             report["gated"] = gated_section(args, setting, config, peak)
             report_sections("gated")
+        if "pals" in args.sections:
+            report["pals"] = pals_section(args, setting, config, peak)
+            report_sections("pals")
     if "data" in args.sections:
         report["data"] = data_section(args)
 

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 import glue_processors
 import modeling
 import modeling_gated
+import modeling_pals
 import optimization
 import problems
 import reporting
@@ -113,6 +114,7 @@ METHODS = {method.name: method for method in (
     Method("gated", modeling_gated, anneal_alpha=modeling_gated.anneal_alpha,
            frozen_parameters=modeling_gated.frozen_parameters, pad_to_max_length=True, checkpoint_every_epoch=True,
            configure=modeling_gated.configure),
+    Method("pals", modeling_pals, configure=modeling_pals.configure),
 )}
 
 
@@ -148,12 +150,13 @@ def parse_args(description, argv=None):
                         help="pretrained weights: Google/Hugging Face BERT (.bin, .safetensors or a directory), or "
                              "a checkpoint of this code or of the original EmBERT/Gated-BERT code")
     parser.add_argument("--h_aug", type=int, default=None,
-                        help="Gated-BERT: rank of the query/key adapters (default: the config's hidden_size_aug, "
-                             "else 204); ignored by EmBERT")
+                        help="Gated-BERT: rank of the query/key adapters; PALs: the PAL width, a multiple of 6 "
+                             "(default: the config's hidden_size_aug, else 204); ignored by EmBERT")
     parser.add_argument("--multi", action="store_true",
                         help="the original's multi-task switch; training here is always multi-task over --tasks")
     parser.add_argument("--freeze", action="store_true",
-                        help="freeze the pretrained BERT weights; train only task embeddings, adapters and heads")
+                        help="freeze the pretrained BERT weights; train only task embeddings, adapters, PALs and "
+                             "heads")
     # Training.
     parser.add_argument("--output_dir", required=True, help="where logs, checkpoints and the best model go")
     parser.add_argument("--do_train", action="store_true", help="train")

@@ -1,4 +1,5 @@
-r"""Predict the GLUE test (or dev) sets with a trained EmBERT / Gated-BERT model and write a leaderboard submission.
+r"""Predict the test (or dev) sets with a trained EmBERT / Gated-BERT / PALs model: a GLUE leaderboard submission, and
+the prediction files of any other problem the model has a head for.
 
 A training run's output directory (the model is rebuilt from its config.json, vocab.txt and best_model.pth):
     python run_test_multi_task.py --model_dir saved/embert --output_dir submissions/embert
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import modeling_pals
 import problems
 from glue_processors import ALL_TASKS, TASKS
 from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, METHODS, VOCAB_FILE, Method, batch_padding,
@@ -55,11 +57,12 @@ def parse_args(argv=None):
     # The model.
     parser.add_argument("--model_dir", required=True,
                         help=f"a training run's --output_dir ({CONFIG_FILE}, {ARGS_FILE}, {BEST_MODEL}) or a "
-                             "checkpoint file (ours, or the original EmBERT / Gated-BERT code's)")
+                             "checkpoint file (ours, or the original EmBERT / Gated-BERT / PALs code's)")
     parser.add_argument("--model", choices=sorted(METHODS), default=None,
                         help="model type of a checkpoint file (default: detected from its keys)")
     parser.add_argument("--bert_config_file", default=None,
-                        help="checkpoint file only: the BERT config JSON it was trained with (our_attn: true)")
+                        help="checkpoint file only: the BERT config JSON it was trained with (our_attn: true for "
+                             "EmBERT; configs/pals_config.json's keys for PALs)")
     parser.add_argument("--vocab_file", default=None, help="checkpoint file only: the BERT vocab.txt it used")
     parser.add_argument("--do_lower_case", action="store_true", default=None,
                         help="checkpoint file only: lower-case and strip accents (uncased models)")
@@ -202,7 +205,7 @@ def load_run_directory(args):
     name = record.get("model")
     if name not in METHODS:
         fail(f"{config_path}: \"model\" is {name!r}, expected one of {', '.join(METHODS)} (written by "
-             f"run_multi_task.py or run_multi_task_gated.py)")
+             f"run_multi_task.py, run_multi_task_gated.py or run_multi_task_pals.py)")
     if args.model is not None and args.model != name:
         fail(f"--model {args.model} disagrees with {config_path}, which says {name}")
     method, heads = METHODS[name], record["task_names"]
@@ -237,7 +240,9 @@ def load_checkpoint_file(args):
         fail(f"--model_dir {path} is a checkpoint file: give --bert_config_file and --vocab_file (and "
              "--do_lower_case for an uncased model) as its training run had them")
     state, original, path = read_mapped_state(path)
-    name = args.model or ("gated" if any(GATE_KEY.search(key) for key in state) else "embert")
+    pals_width = modeling_pals.hidden_size_aug_of(state)  # None unless the checkpoint has PALs
+    name = args.model or ("gated" if any(GATE_KEY.search(key) for key in state)
+                          else "pals" if pals_width is not None else "embert")
     method = METHODS[name]
     if original:
         heads, source = list(ALL_TASKS), "the original code's --tasks all order"
@@ -259,6 +264,8 @@ def load_checkpoint_file(args):
         # The adapters' rank is a shape only (the original's --h_aug): take the checkpoint's.
         rank = next((value.shape[0] for key, value in state.items() if ADAPTER_KEY.search(key)), None)
         config = configure_model(method, config, max_seq_length, rank)
+    elif name == "pals":  # the PAL width is a shape only (the original's --h_aug): take the checkpoint's
+        config = configure_model(method, config, max_seq_length, pals_width)
     return LoadedModel(load_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
                        bool(args.do_lower_case), max_seq_length, {}, {})
 

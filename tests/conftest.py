@@ -70,3 +70,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: end-to-end runs on real data and weights that take tens of seconds each; the README's "
+                   "everyday test command leaves them out (-m 'not slow'), CI runs them too (-m slow)")

@@ -13,6 +13,7 @@ import torch
 import bench
 import modeling
 import modeling_gated
+import modeling_pals
 import optimization
 from conftest import fixture_glue_dir, minilm_dir, require
 
@@ -160,6 +161,19 @@ def test_gated_flops_count_own_value_adapter_only():
     assert flops.per_sequence[0] == bench.FlopModel.of(embert).per_sequence[0] + gates
 
 
+def test_pals_flops_count_the_batch_tasks_pal_in_every_layer():
+    config = modeling_pals.BertConfig(**{**TINY, "our_attn": False}, hidden_size_aug=18)
+    model = modeling_pals.BertForMultiTask(config, TINY_HEADS)
+    plain = modeling.BertForMultiTask(modeling.BertConfig(**{**TINY, "our_attn": False}), TINY_HEADS)
+    flops, pal = bench.FlopModel.of(model), model.bert.encoder.layer[0].multi_layers[0]
+    one_pal = sum(p.numel() for p in pal.parameters())  # its V_E and V_D, and its attention's projections
+    assert one_pal == (32 * 18 + 18) + (18 * 32 + 32) + 3 * (18 * 18 + 18)
+    # The shared V_E / V_D run once in every layer; the other tasks' PALs not at all.
+    assert flops.per_token == bench.FlopModel.of(plain).per_token + TINY["num_hidden_layers"] * one_pal
+    assert flops.hidden == TINY["hidden_size"] + 18  # the PAL's attention beside the layer's
+    assert flops.per_sequence == bench.FlopModel.of(plain).per_sequence
+
+
 @pytest.mark.parametrize("name,peak", [
     ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
     ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A100 80GB PCIe", 312.0),
@@ -221,7 +235,8 @@ def test_smoke_every_section(tmp_path, capsys):
     assert saved == json.loads(json.dumps(report))
     for section, paths in (("train", ("ours", "original", "transformers")),
                            ("fwdbwd", ("ours", "original", "transformers")),
-                           ("eval", ("ours", "original", "transformers")), ("gated", ("ours", "original"))):
+                           ("eval", ("ours", "original", "transformers")), ("gated", ("ours", "original")),
+                           ("pals", ("ours", "pals"))):
         assert set(saved[section]["paths"]) == set(paths), section
         for name in paths:
             for metric in METRICS:
@@ -235,6 +250,7 @@ def test_smoke_every_section(tmp_path, capsys):
     assert train["ours"]["padded_tokens_per_batch"] <= train["original"]["padded_tokens_per_batch"]
     assert train["ours"]["real_tokens_per_batch"] == train["original"]["real_tokens_per_batch"]
     assert saved["gated"]["paths"]["ours"]["padded_tokens_per_batch"] == bench.BATCH_SIZE * bench.MAX_SEQ_LENGTH
+    assert saved["pals"]["parameters"]["pals"] > saved["pals"]["parameters"]["ours"]
     assert all(v > 0 for v in saved["train"]["pipeline_us"].values())
     assert saved["projection"]["hours"]["ours"] > 0
     for statistics in saved["padding"].values():  # the timed batches and a large sample of the run's

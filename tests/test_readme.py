@@ -40,5 +40,5 @@ def test_readme_has_the_seed_commands_and_the_ci_blocks():
     scripts = [script for script, _ in readme_commands()]
     assert scripts.count("run_multi_task.py") >= 2 and "run_multi_task_gated.py" in scripts
     assert "run_test_multi_task.py" in scripts
-    for name in ("install", "test"):
+    for name in ("install", "test", "test-slow"):
         assert re.search(rf"<!-- ci:{name} -->\n```shell\n.+\n```\n<!-- /ci:{name} -->", README)

@@ -22,6 +22,7 @@ import modeling_gated
 import multitask
 import run_multi_task
 import run_multi_task_gated
+import run_multi_task_pals
 import run_test_multi_task
 from conftest import fixture_glue_dir, minilm_dir, shared_glue_dir
 from glue_processors import ALL_TASKS, TASKS
@@ -492,3 +493,48 @@ def test_user_problems_test_split_writes_their_files(user_run, tmp_path, capsys)
     assert [w[0] for w in written] == test_tokens and all(len(w) == 2 for w in written)
     rows = (out / "emotion.tsv").read_text().splitlines()
     assert len(rows) == len((PROBLEMS_FILE.parent / "emotion" / "test.tsv").read_text().splitlines())
+
+
+# ---------------------------------------------------------------------------------------------------- PALs
+
+PAL_WIDTH = 12  # a multiple of the PAL's 6 attention heads, odd against the tiny hidden size on purpose
+
+
+@pytest.fixture(scope="module")
+def pals_run(workspace):
+    """A PALs run (run_multi_task_pals.py) on the eight tasks of the fixture rows (the original code's heads)."""
+    config = workspace["root"] / "tiny_pals_config.json"
+    config.write_text(json.dumps({**{k: v for k, v in TINY.items() if k != "our_attn"}, "hidden_size_aug": PAL_WIDTH,
+                                  "mult": True, "pals": True}))
+    output_dir = workspace["root"] / "pals"
+    argv = ["--seed", "1", "--output_dir", str(output_dir), "--tasks", "all", "--sample", "anneal",
+            "--do_train", "--do_eval", "--do_lower_case", "--data_dir", str(fixture_glue_dir()),
+            "--vocab_file", str(workspace["minilm"] / "vocab.txt"), "--bert_config_file", str(config),
+            "--max_seq_length", str(MAX_SEQ_LENGTH), "--train_batch_size", "8", "--eval_batch_size",
+            str(EVAL_BATCH_SIZE), "--num_train_epochs", "2", "--steps_per_epoch", "2", "--no_cuda", "--cache_dir",
+            str(workspace["cache"])]
+    multitask.main(multitask.parse_args(run_multi_task_pals.__doc__, argv), run_multi_task_pals.METHOD)
+    return output_dir, config
+
+
+def test_pals_run_directory_and_original_checkpoint_predict_the_logged_scores(pals_run, workspace, tmp_path):
+    run, config = pals_run
+    records = [json.loads(line) for line in (run / multitask.EVAL_LOG).read_text().splitlines()]
+    best = [record for record in records if record["best"]][-1]
+    run_script("--model_dir", run, "--output_dir", tmp_path / "dir", "--split", "dev")
+    results = json.loads((tmp_path / "dir" / run_test_multi_task.DEV_RESULTS).read_text())
+    assert results["glue_score"] == best["glue_score"]
+    # The same weights as the original PALs code writes them (gamma/beta, every alias of the shared projections).
+    state = torch.load(run / multitask.BEST_MODEL, weights_only=True)
+    assert any(".multi_layers.0.aug_dense.weight" in k for k in state) and "bert.encoder.mult_aug_dense.0.weight" in state
+    original = tmp_path / "pals_model.bin"
+    torch.save(to_original_names(state), original)
+    flags = ["--bert_config_file", config, "--vocab_file", workspace["minilm"] / "vocab.txt", "--do_lower_case",
+             "--data_dir", fixture_glue_dir(), "--max_seq_length", MAX_SEQ_LENGTH, "--eval_batch_size",
+             EVAL_BATCH_SIZE, "--cache_dir", workspace["cache"]]
+    run_script("--model_dir", original, "--output_dir", tmp_path / "file", "--split", "dev", *flags)
+    from_file = json.loads((tmp_path / "file" / run_test_multi_task.DEV_RESULTS).read_text())
+    assert from_file["scores"] == results["scores"]
+    run_script("--model_dir", run, "--output_dir", tmp_path / "test")
+    assert (tmp_path / "test" / run_test_multi_task.SUBMISSION_ZIP).is_file()
+    assert written_files(tmp_path / "test") == set(SERVER_LABELS) | {STS_FILE}  # all eleven

@@ -1,0 +1,18 @@
+r"""Train PALs (multi-task BERT with a projected attention layer per task in every layer) on GLUE.
+
+One GPU, the PALs paper's run (60,000 steps of batch 32 over the eight GLUE tasks):
+    python run_multi_task_pals.py --seed 1 --output_dir saved/pals --tasks all --sample anneal --multi \
+        --do_train --do_eval --do_lower_case --data_dir $GLUE_DIR/ --vocab_file $BERT_DIR/vocab.txt \
+        --bert_config_file configs/pals_config.json --init_checkpoint $BERT_DIR/pytorch_model.bin \
+        --max_seq_length 128 --train_batch_size 32 --learning_rate 2e-5 --num_train_epochs 25.0 \
+        --gradient_accumulation_steps 1
+Several GPUs (--train_batch_size stays the global batch):
+    torchrun --nproc_per_node=8 run_multi_task_pals.py <same flags>
+CPU smoke run: add --no_cuda --tasks cola,mrpc,rte,sts,sst --num_train_epochs 2 --steps_per_epoch 20
+"""
+from multitask import METHODS, main, parse_args
+
+METHOD = METHODS["pals"]
+
+if __name__ == "__main__":
+    main(parse_args(__doc__), METHOD)
