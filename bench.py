@@ -7,15 +7,17 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
     python bench.py --sections train --profile 5      # torch.profiler's top ops of path (1) over 5 steps
 
 The paths, fed the identical batches:
-  (1) ours         the inner step of multitask.main as run_multi_task.py runs it with the device's default settings:
-                   make_batch padded to the longest example (rounded up to multitask.PAD_MULTIPLE), pinned memory and
-                   non-blocking copies, autocast (bf16 on CUDA, fp32 on CPU), the per-token layers on real tokens
-                   only (packed), fused QKV with the task embeddings as a bias, scaled_dot_product_attention, global
-                   gradient clipping, AdamW (fused), linear warmup/decay.
-  (2) original     the original code's computation written plainly: every batch padded to max_seq_length (128), fp32,
-                   separate Q/K/V projections with the task embeddings added, an additive -10000 mask and an explicit
-                   softmax (`OriginalSelfAttention`), and the BertAdam update as a loop over parameter tensors
-                   (`OriginalBertAdam`), gradients zeroed in place as the original's model.zero_grad() did.
+  (1) ours         one step of multitask.main's loop as run_multi_task.py runs it with the device's default
+                   settings, multitask.training_step itself: make_batch padded to the longest example (rounded up
+                   to multitask.PAD_MULTIPLE), pinned memory and non-blocking copies, autocast (bf16 on CUDA, fp32
+                   on CPU), the per-token layers on real tokens only (packed), fused QKV with the task embeddings as
+                   a bias, scaled_dot_product_attention, global gradient clipping, AdamW (fused), linear
+                   warmup/decay, the loss summed on the device (multitask.LossTally).
+  (2) original     the original code's computation written plainly (original_reference.py): every batch padded to
+                   max_seq_length (128), fp32, separate Q/K/V projections with the task embeddings added, an additive
+                   -10000 mask and an explicit softmax (`OriginalSelfAttention`), and the BertAdam update as a loop
+                   over parameter tensors (`OriginalBertAdam`), gradients zeroed in place as the original's
+                   model.zero_grad() did.
   (3) transformers transformers.BertForSequenceClassification with the same sizes (one 2-way head: it is single-task),
                    its default attention (sdpa), torch.optim.AdamW (foreach on CPU, fused on CUDA) with
                    clip_grad_norm_, padded to the longest, the same autocast as ours. Optional: skipped with a note
@@ -55,7 +57,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
 import platform
 import random
 import statistics
@@ -67,7 +68,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import record_function
 
 import glue_processors
@@ -77,6 +77,7 @@ import modeling_pals
 import multitask
 import optimization
 from glue_processors import TASKS, load_examples, load_features, task_file
+from original_reference import OriginalBertAdam, use_original_attention
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "glue"
@@ -94,8 +95,6 @@ CONFIG_FILES = {"base": ROOT / "configs" / "embert_config.json",
                 "minilm": ROOT / "configs" / "minilm_embert_config.json"}
 TINY_SIZES = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
 MODEL_SIZES = ("base", "minilm", "tiny")
-# The original code's additive mask on padding keys.
-ORIGINAL_MASK_VALUE = -10000.0
 # Dense (no sparsity) tensor-core bf16 peak per GPU in TFLOP/s, from NVIDIA's datasheets (they print the sparse
 # figure, twice these). Matched in order, case-insensitively, against torch.cuda.get_device_name(): specific names
 # first. SPEC 9's "about 790 TFLOP/s" for an H100 is a planning figure, below the H100 SXM datasheet's 989.
@@ -122,103 +121,9 @@ MNLI_TRAIN_EXAMPLES, MNLI_TRAIN_BYTES, MNLI_TRAIN_COLUMNS = 392_702, 409_801_190
 REFERENCE_DRAWS = 2000
 # Rows of torch.profiler's table shown and saved.
 PROFILE_ROWS = 20
+# torch.optim.Optimizer labels its step and zero_grad for the profiler as "Optimizer.step#<class>.step".
+OPTIMIZER_EVENT_PREFIX = "Optimizer."
 MICROSECONDS = 1e6
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The original code's computation, on our parameters (same names, same weights).
-
-def original_attention(q, k, v, attention_mask, num_heads, dropout_prob, training):
-    """The original's attention on (B, T, H) projections: explicit scores, an additive -10000 mask on padding keys
-    (attention_mask (B, 1, 1, T) bool, True = may be attended), softmax, dropout, weighted sum. Returns (B, T, H)."""
-    B, T, H = q.shape
-    q, k, v = (x.view(B, T, num_heads, H // num_heads).transpose(1, 2) for x in (q, k, v))  # (B, nh, T, hs)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(H // num_heads)  # (B, nh, T, T)
-    scores = scores + (~attention_mask).to(scores.dtype) * ORIGINAL_MASK_VALUE
-    probs = F.dropout(scores.softmax(dim=-1), dropout_prob, training)
-    return (probs @ v).transpose(1, 2).reshape(B, T, H)
-
-
-class OriginalSelfAttention(modeling.BertSelfAttention):
-    """The original EmBERT self-attention, computed as its code does, on our parameters (same names, same weights)."""
-
-    def forward(self, hidden_states, layout, task_id):
-        q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
-        if self.our_attn:
-            q = q + self.query_task_emb.weight[task_id]
-            k = k + self.key_task_emb.weight[task_id]
-            v = v + self.value_task_emb.weight[task_id]
-        return original_attention(q, k, v, layout.key_mask, self.num_heads, self.dropout_prob, self.training)
-
-
-class OriginalGatedSelfAttention(modeling_gated.GatedSelfAttention):
-    """The original Gated-BERT last-layer attention as its code computes it: every task's query and key adapters
-    A_s(X) one after another in a Python loop, own task scaled by aq1/ak1[t], the others by aq2/ak2[t] times their
-    gate weight, then the explicit softmax attention."""
-
-    def forward(self, hidden_states, layout, task_id):
-        gate_q, gate_k = self.gates(hidden_states)  # (B, S) each
-        q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)  # (B, T, H) each
-        for s in range(len(self.query_list)):
-            adapted_q = self.query_list2[s](self.query_list[s](hidden_states))  # (B, T, H)
-            adapted_k = self.key_list2[s](self.key_list[s](hidden_states))
-            if s == task_id:
-                q = q + self.weight_task_emb_q_1.weight[task_id] * adapted_q
-                k = k + self.weight_task_emb_k_1.weight[task_id] * adapted_k
-            else:
-                q = q + self.weight_task_emb_q_2.weight[task_id] * gate_q[:, s, None, None] * adapted_q
-                k = k + self.weight_task_emb_k_2.weight[task_id] * gate_k[:, s, None, None] * adapted_k
-        v = v + self.weight_task_emb_v.weight[task_id] * self.value_list[task_id](hidden_states)
-        return original_attention(q, k, v, layout.key_mask, self.num_heads, self.dropout_prob, self.training)
-
-
-def use_original_attention(model):
-    """Switch every self-attention of `model` (EmBERT, or Gated-BERT's gated layer too) to the original's computation,
-    keeping its parameters; every layer then computes every position, padding included, as the original did."""
-    model.bert.pack_tokens = False
-    for module in model.modules():
-        if type(module) is modeling.BertSelfAttention:
-            module.__class__ = OriginalSelfAttention
-        elif type(module) is modeling_gated.GatedSelfAttention:
-            module.__class__ = OriginalGatedSelfAttention
-    return model
-
-
-class OriginalBertAdam(torch.optim.Optimizer):
-    """The original BertAdam update written plainly, one parameter tensor at a time, as the original code's loop ran
-    it (optimization.BertAdam computes the same with foreach ops; tests/test_bench.py checks that they agree).
-
-    Per parameter with a gradient: clip that tensor's gradient to norm max_grad_norm; m = b1 m + (1 - b1) g;
-    v = b2 v + (1 - b2) g^2; update = m / (sqrt(v) + eps) + weight_decay * p; p -= lr * update. No bias correction.
-    The learning rate comes from group["lr"], set each step by the same LambdaLR schedule as the other paths (the
-    original evaluated its schedule inside this loop, once per tensor: a few Python float operations). Today's
-    clip_grad_norm_ never waits for the device; PyTorch 0.4's compared the norm on the host, a sync per tensor: on
-    CUDA this loop is, if anything, faster than the original's ran."""
-
-    def __init__(self, params, lr, b1=optimization.ADAM_BETAS[0], b2=optimization.ADAM_BETAS[1],
-                 eps=optimization.ADAM_EPS, weight_decay=optimization.WEIGHT_DECAY,
-                 max_grad_norm=optimization.MAX_GRAD_NORM):
-        super().__init__(params, dict(lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                                      max_grad_norm=max_grad_norm))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["next_m"], state["next_v"] = torch.zeros_like(p), torch.zeros_like(p)
-                if group["max_grad_norm"] > 0:
-                    torch.nn.utils.clip_grad_norm_(p, group["max_grad_norm"])
-                grad, m, v = p.grad, state["next_m"], state["next_v"]
-                m.mul_(group["b1"]).add_(grad, alpha=1 - group["b1"])
-                v.mul_(group["b2"]).addcmul_(grad, grad, value=1 - group["b2"])
-                update = m / (v.sqrt() + group["eps"])
-                if group["weight_decay"] > 0:
-                    update += group["weight_decay"] * p
-                p.add_(update, alpha=-group["lr"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -363,41 +268,38 @@ class Setting:
 
 
 def ours_runner(model, setting, name="ours", pad_to=None, frozen_parameters=None):
-    """Path (1): the inner loop of multitask.main (one process, gradient accumulation 1). Its GradScaler is disabled
-    outside fp16, where scale/unscale_/update do nothing and scaler.step calls optimizer.step, so it is left out.
-    The record_function labels cost nothing without an active profiler and name the phases in --profile."""
+    """Path (1): one step of multitask.main's loop (one process, gradient accumulation 1): the batch built and copied
+    as it builds it, then multitask.training_step itself, its loss added to a multitask.LossTally as the loop adds
+    it. The record_function labels cost nothing without an active profiler and name the phases in --profile."""
     device = setting.device
     model.to(device).train()
     optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
     scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
-    loss_sums = torch.zeros(len(setting.train_sets), device=device)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    # As multitask.main: loss scaling only for fp16 (disabled, scale/unscale_/update do nothing, for bf16 and fp32).
+    scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)
+    tally = multitask.LossTally.zeros(len(setting.train_sets), device)
 
-    def forward_backward(draw):
+    def batch_on_device(draw):
         with record_function("make_batch"):
-            batch = multitask.to_device(glue_processors.make_batch(
+            return multitask.to_device(glue_processors.make_batch(
                 setting.train_sets[draw.task], draw.indices, pad_to=pad_to, pad_multiple=multitask.PAD_MULTIPLE),
                 device)
+
+    def forward_backward(draw):
+        """The forward and backward pass of training_step, without its optimizer step (the fwdbwd section)."""
+        batch = batch_on_device(draw)
         with record_function("forward"), setting.autocast():
             _, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], draw.task,
-                            batch["labels"], token_index=batch["token_index"])
+                            multitask.batch_labels(batch), token_index=batch["token_index"])
         with record_function("backward"):
-            loss.backward()
-        return loss
+            scaler.scale(loss).backward()
 
     def train_step(draw):
-        loss = forward_backward(draw)
-        loss_sums[draw.task] += loss.detach()
-        nonfinite.logical_or_(~torch.isfinite(loss.detach()))
-        if frozen_parameters is not None:
-            for p in frozen_parameters(model, draw.task, draw.epoch):
-                p.grad = None
-        with record_function("clip_gradients"):
-            optimization.clip_gradients(model, optimizer)
-        with record_function("optimizer"):
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        batches = [batch_on_device(draw)]
+        frozen = frozen_parameters(model, draw.task, draw.epoch) if frozen_parameters else ()
+        with record_function("training_step"):
+            tally.add(draw.task, multitask.training_step(model, model, batches, draw.task, optimizer, scheduler,
+                                                         scaler, setting.autocast_dtype, frozen))
 
     def predict(task, features):
         return multitask.predict(model, features, task, setting.eval_batch_size, device, setting.autocast_dtype,
@@ -811,7 +713,11 @@ def profile_ours(runner, draws, steps, device):
     sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\nprofile of path (1), {steps} training steps, sorted by {sort_key}:")
     print(averages.table(sort_by=sort_key, row_limit=PROFILE_ROWS))
-    phases = ("make_batch", "forward", "backward", "clip_gradients", "optimizer")
+
+    def is_phase(key):
+        """Our labels around the batch and multitask.training_step, and torch.optim's own around its step and
+        zero_grad ("Optimizer.step#AdamW.step"): the step's forward and backward are training_step less these."""
+        return key in ("make_batch", "training_step") or key.startswith(OPTIMIZER_EVENT_PREFIX)
 
     def row(event):
         record = {"name": event.key, "calls": event.count, "self_cpu_ms": event.self_cpu_time_total / 1e3,
@@ -820,9 +726,9 @@ def profile_ours(runner, draws, steps, device):
             record["self_device_ms"] = event.self_device_time_total / 1e3
         return record
 
-    ops = sorted((e for e in averages if e.key not in phases), key=lambda e: getattr(e, sort_key), reverse=True)
+    ops = sorted((e for e in averages if not is_phase(e.key)), key=lambda e: getattr(e, sort_key), reverse=True)
     return {"steps": steps, "phases_cpu_ms_per_step": {e.key: e.cpu_time_total / 1e3 / steps for e in averages
-                                                       if e.key in phases},
+                                                       if is_phase(e.key)},
             "top_ops": [row(e) for e in ops[:PROFILE_ROWS]]}
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-import bench
+import original_reference
 from conftest import ROOT, minilm_dir, require
 from modeling import BertConfig, BertForMultiTask, count_parameters, load_pretrained
 
@@ -293,8 +293,8 @@ def test_packed_tokens_equal_the_padded_computation(our_attn):
 @pytest.mark.parametrize("task,labels", [(1, [0, 2, 1]), (2, [0.2, 0.9, 0.5])])
 def test_sdpa_equals_original_attention(our_attn, task, labels):
     ours = tiny_model(our_attn=our_attn, num_hidden_layers=3)
-    original = bench.use_original_attention(copy.deepcopy(ours))
-    switched = [m for m in original.modules() if isinstance(m, bench.OriginalSelfAttention)]
+    original = original_reference.use_original_attention(copy.deepcopy(ours))
+    switched = [m for m in original.modules() if isinstance(m, original_reference.OriginalSelfAttention)]
     assert len(switched) == 3  # the comparison is not vacuous: every layer runs the original's math
     batch = make_batch([9, 4, 13], pad_to=16, seed=6)
     labels = torch.tensor(labels)

@@ -8,6 +8,7 @@ import pytest
 import multitask
 import run_multi_task
 import run_multi_task_gated
+import run_multi_task_pals
 import run_test_multi_task
 from conftest import ROOT
 
@@ -15,6 +16,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 PARSERS = {
     "run_multi_task.py": lambda argv: multitask.parse_args(run_multi_task.__doc__, argv),
     "run_multi_task_gated.py": lambda argv: multitask.parse_args(run_multi_task_gated.__doc__, argv),
+    "run_multi_task_pals.py": lambda argv: multitask.parse_args(run_multi_task_pals.__doc__, argv),
     "run_test_multi_task.py": run_test_multi_task.parse_args,
 }
 
@@ -39,6 +41,6 @@ def test_readme_command_parses(script, argv):
 def test_readme_has_the_seed_commands_and_the_ci_blocks():
     scripts = [script for script, _ in readme_commands()]
     assert scripts.count("run_multi_task.py") >= 2 and "run_multi_task_gated.py" in scripts
-    assert "run_test_multi_task.py" in scripts
+    assert "run_test_multi_task.py" in scripts and "run_multi_task_pals.py" in scripts
     for name in ("install", "test", "test-slow"):
         assert re.search(rf"<!-- ci:{name} -->\n```shell\n.+\n```\n<!-- /ci:{name} -->", README)
