@@ -454,9 +454,10 @@ def test_metric_for_best_model_picks_the_checkpoint(tmp_path, tiny_config):
     pearson = [e["scores"]["sts"]["pearson"] for e in evals]
     best = [e["best"] for e in evals]
     assert best == [p > max(pearson[:i], default=-math.inf) for i, p in enumerate(pearson)]
-    with pytest.raises(SystemExit):
-        multitask.parse_args(run_multi_task.__doc__, [str(a) for a in tiny_command(
-            tmp_path / "x", tiny_config, tmp_path / "cache", "--metric_for_best_model", "mrpc/f1")])
+    error = one_line_error(tiny_command(tmp_path / "x", tiny_config, tmp_path / "cache", "--metric_for_best_model",
+                                        "mrpc/f1"))  # not one of the run's tasks
+    assert "--metric_for_best_model 'mrpc/f1' is not one of: mean, cola, rte, sts, cola/mcc" in error
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("flag, first, second", [
