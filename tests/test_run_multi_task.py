@@ -56,6 +56,7 @@ def tiny_command(output_dir, config, cache_dir, *extra):
             "--no_cuda", "--cache_dir", cache_dir, "--log_steps", 1, *extra]
 
 
+@pytest.mark.slow
 def test_seed_command_trains_evaluates_and_writes_every_file(tmp_path, minilm_embert_config):
     out = tmp_path / "embert"
     run(seed_command(out, shared_glue_dir(), minilm_embert_config, minilm_dir(), tmp_path / "cache"))
@@ -128,6 +129,7 @@ def interrupt_at_step(process, log, global_step, timeout=120, signum=signal.SIGI
     return output
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, tiny_config):
     steps_per_epoch = 100
     command = lambda out: tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", steps_per_epoch,
@@ -159,6 +161,7 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_config):
              "--learning_rate", 2e-3])
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(tmp_path):
     """DDP over gloo with the same global batch: same losses and final weights (dropout off: its masks differ)."""
     config = tmp_path / "no_dropout.json"
@@ -391,6 +394,7 @@ def test_paths_are_stored_absolute(tmp_path, tiny_config, monkeypatch):
     assert args["data_dir"] == str(fixture_glue_dir()) and os.path.isabs(args["vocab_file"])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_143(tmp_path, tiny_config):
     out = tmp_path / "run"
     argv = tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 500)

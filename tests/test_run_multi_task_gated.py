@@ -16,6 +16,7 @@ from test_run_multi_task import OUTPUT_FILES, SMALL_TASKS, read_jsonl, seed_comm
 GATED_STEPS = 4  # optimizer steps per epoch
 
 
+@pytest.mark.slow
 def test_seed_gated_command_trains_and_writes_a_checkpoint_per_epoch(tmp_path, minilm_embert_config):
     out = tmp_path / "gated"
     argv = [*seed_command(out, fixture_glue_dir(), minilm_embert_config, minilm_dir(), tmp_path / "cache"),

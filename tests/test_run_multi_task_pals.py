@@ -45,6 +45,7 @@ def pals_command(out, config, cache, *extra):
             "--steps_per_epoch", PALS_STEPS, *extra]
 
 
+@pytest.mark.slow
 def test_seed_pals_command_trains_and_writes_the_run_files(tmp_path, minilm_pals_config):
     out = tmp_path / "pals"
     run(pals_command(out, minilm_pals_config, tmp_path / "cache"))
