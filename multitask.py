@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import importlib.util
 import json
 import logging
 import math
@@ -429,10 +428,24 @@ def append_jsonl(path, record):
 
 
 def truncate_jsonl(path, global_step):
-    """Drop records written after `global_step` (by a run that crashed past its last checkpoint)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["global_step"] <= global_step]
-        write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines)))
+    """Drop the records a resumed run writes again: those after `global_step` (by a run that crashed past its last
+    checkpoint), and an epoch's task_counts line at `global_step` itself (a run resumed at an epoch boundary starts
+    that epoch again). A last line torn by a killed write goes too."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    kept = []
+    for line in lines:
+        record = json.loads(line)
+        if record["global_step"] < global_step or (record["global_step"] == global_step and "task_counts" not in record):
+            kept.append(line)
+    write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
 
 
 def absolute_paths(args):
@@ -729,8 +742,10 @@ def check_inputs(run):
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.resume and not args.overwrite_output_dir:
         fail(f"--output_dir {args.output_dir} is not empty: pass --resume to continue that run or "
              "--overwrite_output_dir")
-    if args.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        fail("--report_to tensorboard needs the tensorboard package: pip install tensorboard")
+    try:
+        reporting.check_report_to(args.report_to)  # an optional package: missing, say so before any work
+    except ValueError as err:
+        fail(str(err))
     run.user_problems = read_user_problems(args.problems)
     if isinstance(args.tasks, str):
         args.tasks = resolve_task_names(args.tasks, args.task_id, run.user_problems)

@@ -95,6 +95,17 @@ def test_truncate_jsonl_drops_records_after_the_checkpoint(tmp_path):
     assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [10, 20]
 
 
+def test_truncate_jsonl_drops_the_epoch_line_the_resumed_run_writes_again_and_a_torn_line(tmp_path):
+    """Killed after the epoch-end checkpoint at step 20 and after writing the next epoch's task_counts (and half a
+    loss line): the resumed run starts that epoch again, so neither may stay."""
+    path = tmp_path / "log.jsonl"
+    records = [{"global_step": 0, "task_counts": {"a": 20}}, {"global_step": 20, "loss": 1.0},
+               {"global_step": 20, "task_counts": {"a": 20}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"global_step": 25, "lo')
+    truncate_jsonl(path, 20)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:2]
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "checkpoint.pth"
     torch.save({"step": 1}, path)

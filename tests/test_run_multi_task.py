@@ -501,3 +501,21 @@ def test_report_to_tensorboard_writes_the_curves(tmp_path, tiny_config):
     assert [e.step for e in events.Scalars("dev/score")] == [3, 6]
     assert [e.step for e in events.Scalars("train/lr")] == [1, 2, 3, 4, 5, 6]
     assert [e.step for e in events.Scalars("train/alpha")] == [0, 3]
+
+
+@pytest.mark.slow
+def test_report_to_tensorboard_resumed_curves_equal_straight(tmp_path, tiny_config):
+    """Interrupted at step 7 and resumed: the event files hold each (tag, step) once, with the uninterrupted run's
+    values (a CPU resume is bit-identical)."""
+    from test_reporting import read_scalars  # skips (fails in CI) without tensorboard
+    command = lambda out: tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 100, "--do_eval",
+                                       "--eval_batch_size", 64, "--report_to", "tensorboard")
+    run(command(tmp_path / "straight"))
+    interrupted = tmp_path / "interrupted"
+    interrupt_at_step(run_script(command(interrupted)), interrupted / "train_log.jsonl", 7)
+    run([*command(interrupted), "--resume"])
+    straight, resumed = (read_scalars(d / multitask.REPORT_DIR) for d in (tmp_path / "straight", interrupted))
+    assert {"train/loss/cola", "train/lr", "train/alpha", "train/share/cola", "dev/cola/mcc", "dev/score"} <= set(
+        straight)
+    assert [step for step, _ in straight["dev/score"]] == [100, 200]
+    assert resumed == straight
