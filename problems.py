@@ -299,16 +299,9 @@ def problem_file(data_dir, problem, split):
 
 
 def missing_problem_files(data_dir, problems, splits, user_problems=None):
-    """Every file that `problems` need for `splits` ("train", "dev", "test" or exact names) and that is absent."""
-    missing = []
-    for name in problems:
-        problem = get_problem(name, user_problems)
-        for kind in splits:
-            for split in problem.expand_splits(kind):
-                path = problem_file(data_dir, problem, split)
-                if not path.is_file():
-                    missing.append(path)
-    return missing
+    """Every file that `problems` (names, the user's too) need for `splits` ("train", "dev", "test" or exact names)
+    and that is absent: glue_processors.missing_files over the Problem objects."""
+    return glue_processors.missing_files(data_dir, [get_problem(name, user_problems) for name in problems], splits)
 
 
 def _decoded_lines(path):

@@ -26,8 +26,10 @@ def readme_commands():
     commands = []
     for block in re.findall(r"```shell\n(.*?)```", README, flags=re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
+            if line.split()[:1] != ["python"] or line.split()[1:2] == ["-c"]:  # not a script (inline Python)
+                continue
             words = shlex.split(line.split("#")[0])
-            if len(words) > 1 and words[0] == "python" and words[1] in PARSERS:
+            if len(words) > 1 and words[1] in PARSERS:
                 # Shell variables stand for paths: any value parses the same.
                 commands.append((words[1], [re.sub(r"\$\(.*\)|\$\w+", "X", w) for w in words[2:]]))
     return commands

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,6 +258,12 @@ def files_and_bytes(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+def copy_run(run_dir, to):
+    """A copy of a run directory's files, to damage without touching the module's shared run."""
+    shutil.copytree(run_dir, to)
+    return to
+
+
 def one_line_error(argv):
     with pytest.raises(SystemExit) as error:
         run(argv)
@@ -324,10 +331,7 @@ def test_truncated_init_checkpoint(finished_run, tiny_config, tmp_path):
 
 def test_resume_from_a_corrupt_checkpoint_is_one_line_and_changes_nothing(finished_run, tiny_config, tmp_path):
     out, cache = finished_run
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for name, data in files_and_bytes(out).items():
-        (copy / name).write_bytes(data)
+    copy = copy_run(out, tmp_path / "copy")
     checkpoint = copy / multitask.LAST_CHECKPOINT
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     before = files_and_bytes(copy)
@@ -360,10 +364,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(finished_run
 
 def test_a_killed_write_leaves_no_temporary_file_after_the_next_start(finished_run, tiny_config, tmp_path):
     out, cache = finished_run
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for name, data in files_and_bytes(out).items():
-        (copy / name).write_bytes(data)
+    copy = copy_run(out, tmp_path / "copy")
     stale = copy / f".{multitask.LAST_CHECKPOINT}.tmp"
     stale.write_bytes(b"half a checkpoint")
     run([*tiny_command(copy, tiny_config, cache, "--steps_per_epoch", 2, "--do_eval", "--eval_batch_size", 64),
