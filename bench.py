@@ -298,7 +298,7 @@ def ours_runner(model, setting, name="ours", pad_to=None, frozen_parameters=None
         batches = [batch_on_device(draw)]
         frozen = frozen_parameters(model, draw.task, draw.epoch) if frozen_parameters else ()
         with record_function("training_step"):
-            tally.add(draw.task, multitask.training_step(model, model, batches, draw.task, optimizer, scheduler,
+            tally.add([draw.task], multitask.training_step(model, model, batches, draw.task, optimizer, scheduler,
                                                          scaler, setting.autocast_dtype, frozen))
 
     def predict(task, features):

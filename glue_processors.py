@@ -131,6 +131,7 @@ class Problem:
     head_of: str | None = None  # predicted with this problem's head (AX: "mnli")
     default_label: str | None = None  # predicted for every example when the model has no head for it (WNLI: "0")
     score_rule: str = "first"  # one of SCORE_RULES
+    loss_weight: float = 1.0  # this problem's loss is multiplied by it in a step that trains several ("&")
 
     def __post_init__(self):
         if self.type not in PROBLEM_TYPES:
@@ -144,6 +145,9 @@ class Problem:
             raise ValueError(f"problem {self.name}: label_scale must be a positive number, and only for regression")
         if self.score_rule not in SCORE_RULES:
             raise ValueError(f"problem {self.name}: score_rule {self.score_rule!r} is not one of {SCORE_RULES}")
+        if isinstance(self.loss_weight, bool) or not isinstance(self.loss_weight, (int, float)) or \
+                not self.loss_weight > 0:
+            raise ValueError(f"problem {self.name}: loss_weight must be a positive number, got {self.loss_weight!r}")
 
     @property
     def is_regression(self):

@@ -326,20 +326,21 @@ def glue_problem_types(num_labels_per_task):
 class BertForMultiTask(nn.Module):
     """Shared BERT (or EmBERT) encoder, one linear head per task.
 
-    `num_labels_per_task[t]` is the number of outputs of task t's head and `problem_types[t]` its problem type (a key
-    of HEAD_INPUTS), which decides what the head reads and its loss; by default GLUE's (`glue_problem_types`). Task
-    ids index the heads and the task-embedding rows.
+    `num_labels_per_task[t]` is the number of outputs of head t and `problem_types[t]` its problem type (a key of
+    HEAD_INPUTS), which decides what the head reads and its loss; by default GLUE's (`glue_problem_types`).
+    `num_groups`: the rows of the task embeddings (EmBERT), one per group of problems trained together on one batch
+    ("a&b" in --tasks); by default one per head, and then a task id indexes both.
     """
 
-    def __init__(self, config, num_labels_per_task, problem_types=None):
+    def __init__(self, config, num_labels_per_task, problem_types=None, num_groups=None):
         super().__init__()
-        num_tasks = len(num_labels_per_task)
+        num_tasks = num_groups or len(num_labels_per_task)
         if config.num_tasks is not None and config.num_tasks != num_tasks:
-            raise ValueError(f"config.num_tasks is {config.num_tasks} but {num_tasks} heads were asked for "
-                             f"({list(num_labels_per_task)})")
+            raise ValueError(f"config.num_tasks is {config.num_tasks} but {num_tasks} task rows were asked for "
+                             f"({len(num_labels_per_task)} heads: {list(num_labels_per_task)})")
         problem_types = list(problem_types or glue_problem_types(num_labels_per_task))
         unknown = [kind for kind in problem_types if kind not in HEAD_INPUTS]
-        if len(problem_types) != num_tasks or unknown:
+        if len(problem_types) != len(num_labels_per_task) or unknown:
             raise ValueError(f"problem_types {problem_types} must name one of {list(HEAD_INPUTS)} per head")
         config = dataclasses.replace(config, num_tasks=num_tasks)
         self.config = config
@@ -350,16 +351,30 @@ class BertForMultiTask(nn.Module):
         self.classifier = nn.ModuleList(nn.Linear(config.hidden_size, n) for n in num_labels_per_task)
         self.apply(partial(init_weights, std=config.initializer_range))
 
-    def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None):
-        """Logits of task `task_id`'s head, and its loss when labels are given (else None). A "pooled" head gives
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None, heads=None):
+        """Logits of head `task_id`, and its loss when labels are given (else None). A "pooled" head gives
         (B, num_labels) logits for labels (B,) or (B, L); a "tokens" head (N, num_labels) for the N real tokens in
-        row-major order, labels (N,) (make_batch's token_labels). token_index: optional, see BertModel.forward."""
-        kind = self.problem_types[task_id]
-        per_token = HEAD_INPUTS[kind] == "tokens"
+        row-major order, labels (N,) (make_batch's token_labels). token_index: optional, see BertModel.forward.
+
+        heads: the heads of a group (list of head indices) reading one encoder pass of task row `task_id`; then the
+        logits, the labels (when given) and the losses are lists, one per head."""
+        if heads is None:
+            kind = self.problem_types[task_id]
+            per_token = HEAD_INPUTS[kind] == "tokens"
+            hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
+                                       packed_output=per_token)
+            logits = self.classifier[task_id](self.dropout(hidden if per_token else pooled))  # hidden: (N, H) packed
+            return logits, None if labels is None else LOSSES[kind](logits, labels)
+        per_token = any(HEAD_INPUTS[self.problem_types[h]] == "tokens" for h in heads)
         hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
                                    packed_output=per_token)
-        logits = self.classifier[task_id](self.dropout(hidden if per_token else pooled))  # hidden: (N, H) packed
-        return logits, None if labels is None else LOSSES[kind](logits, labels)
+        all_logits, losses = [], []
+        for i, head in enumerate(heads):
+            kind = self.problem_types[head]
+            logits = self.classifier[head](self.dropout(hidden if HEAD_INPUTS[kind] == "tokens" else pooled))
+            all_logits.append(logits)
+            losses.append(None if labels is None else LOSSES[kind](logits, labels[i]))
+        return all_logits, losses
 
     def shape_hint(self, state):
         """Name the config setting a checkpoint's shape mismatch most likely comes from ("" if none)."""

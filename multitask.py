@@ -56,8 +56,8 @@ from modeling import BERT_PARAMETER, HEAD_INPUTS, load_mapped_state, map_state_d
 STEPS_PER_TASK_PER_EPOCH = 300
 # Annealed sampling: p_t proportional to N_t^alpha, alpha from ALPHA_START down to ALPHA_END (PALs paper).
 ALPHA_START, ALPHA_END = 1.0, 0.2
-SAMPLE_EXPONENTS = {"prop": 1.0, "sqrt": 0.5}
-SAMPLE_MODES = ("anneal", "prop", "sqrt", "rr")
+SAMPLE_EXPONENTS = {"prop": 1.0, "sqrt": 0.5, "uniform": 0.0}  # uniform: N^0, every group equally likely
+SAMPLE_MODES = ("anneal", "prop", "sqrt", "uniform", "rr")
 # Batches pad to the longest sequence rounded up to this multiple: masked padding changes no result, and few
 # distinct shapes keep tensor cores busy and torch.compile's recompilations bounded.
 PAD_MULTIPLE = 8
@@ -125,8 +125,9 @@ def parse_args(description, argv=None):
                              "pku199801/199801.txt")
     parser.add_argument("--tasks", default="all",
                         help="'all' (cola,mrpc,mnli,rte,sts,sst,qqp,qnli), 'inf' (qnli,mnli,rte), 'single' "
-                             "(with --task_id) or a comma list of problem names (GLUE's, pku_cws, pku_pos, pku_ner, "
-                             "pku_entity_types, and those of --problems)")
+                             "(with --task_id) or problem names (GLUE's, pku_cws, pku_pos, pku_ner, pku_entity_types, "
+                             "those of --problems): a&b|c trains a and b together on one batch (same inputs) and "
+                             "samples the groups a&b and c; a comma is a |")
     parser.add_argument("--problems", default=None,
                         help="a JSON file of the user's own problems (type, format, files, columns, labels), added "
                              "to the predefined ones for this run")
@@ -161,8 +162,8 @@ def parse_args(description, argv=None):
     parser.add_argument("--do_train", action="store_true", help="train")
     parser.add_argument("--do_eval", action="store_true", help="evaluate on every task's dev set after each epoch")
     parser.add_argument("--sample", default="rr", choices=SAMPLE_MODES,
-                        help="task sampling: anneal (p ~ N^alpha, alpha 1 -> 0.2), prop (p ~ N), sqrt "
-                             "(p ~ sqrt N) or rr (round robin)")
+                        help="which group of tasks each step trains: anneal (p ~ N^alpha, alpha 1 -> 0.2), prop "
+                             "(p ~ N), sqrt (p ~ sqrt N), uniform (every group alike) or rr (round robin)")
     parser.add_argument("--train_batch_size", type=int, default=32,
                         help="examples per optimizer step, over all accumulation steps and processes")
     parser.add_argument("--eval_batch_size", type=int, default=8, help="examples per evaluation batch")
@@ -240,9 +241,9 @@ def read_user_problems(path):
         fail(f"--problems: {err}")
 
 
-def resolve_task_names(spec, task_id, user_problems):
+def resolve_task_groups(spec, task_id, user_problems):
     try:
-        return problems.resolve_problems(spec, task_id, user_problems)
+        return problems.resolve_groups(spec, task_id, user_problems)
     except ValueError as err:
         fail(f"--tasks: {err}")
 
@@ -476,10 +477,12 @@ def batch_padding(method, max_seq_length):
 
 
 def to_device(batch, device):
-    """Pinned host memory and non-blocking copies on CUDA: the copy overlaps the previous step's kernels."""
+    """Pinned host memory and non-blocking copies on CUDA: the copy overlaps the previous step's kernels. A list
+    (an & group's labels, one tensor per problem) is copied item by item."""
     if device.type != "cuda":
         return batch
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    copy = lambda v: v.pin_memory().to(device, non_blocking=True)  # noqa: E731
+    return {k: [copy(x) for x in v] if isinstance(v, list) else copy(v) for k, v in batch.items()}
 
 
 def compile_encoder(model, device, cuda_graphs=True):
@@ -527,22 +530,27 @@ def read_checkpoint(path):
     return map_state_dict(raw), list(raw), path
 
 
-def build_model(method, config, tasks, state=None, source=None, require_all=False):
-    """The method's BertForMultiTask with one head per problem of `tasks` (its width and type), the mapped `state`
-    (read from `source`) loaded into it. Returns the model and the names of the parameters left freshly initialised;
-    ValueError (one line naming the keys and the file) when the checkpoint does not fit."""
-    model = method.modeling.BertForMultiTask(config, [t.num_labels for t in tasks], [t.type for t in tasks])
+def build_model(method, config, tasks, state=None, source=None, require_all=False, num_groups=None):
+    """The method's BertForMultiTask with one head per problem of `tasks` (its width and type) and `num_groups` task
+    rows (default one per problem), the mapped `state` (read from `source`) loaded into it. Returns the model and the
+    names of the parameters left freshly initialised; ValueError (one line naming the keys and the file) when the
+    checkpoint does not fit."""
+    model = method.modeling.BertForMultiTask(config, [t.num_labels for t in tasks], [t.type for t in tasks],
+                                             num_groups)
     fresh = load_mapped_state(model, state, source, require_all) if state is not None else list(model.state_dict())
     return model, fresh
 
 
-def model_config_record(config, method_name, tasks, max_seq_length, do_lower_case):
+def model_config_record(config, method_name, tasks, max_seq_length, do_lower_case, groups=None):
     """config.json: the model config plus what rebuilds the model and its tokenizer from the run directory: the
-    problems (Problem objects) in head order, their labels, and the records of those not predefined (the user's), so
-    that the directory predicts on its own."""
+    problems (Problem objects) in head order, their labels, the groups trained together ("task_groups", names, when
+    --tasks joined some with &), and the records of those not predefined (the user's), so that the directory predicts
+    on its own."""
     record = {**config.to_dict(), "model": method_name, "task_names": [t.name for t in tasks],
               "task_labels": {t.name: list(t.labels) if t.labels else None for t in tasks},
               "max_seq_length": max_seq_length, "do_lower_case": do_lower_case}
+    if groups is not None:
+        record["task_groups"] = groups
     user = {t.name: t.to_record() for t in tasks if t.name not in problems.PROBLEMS}
     if user:
         record["problems"] = user
@@ -560,18 +568,20 @@ def packed_positions(features, indices):
 
 
 @torch.no_grad()
-def predict(model, features, task_id, batch_size, device, autocast_dtype=None, pad_to=None, desc=None):
-    """Logits of head `task_id` on the CPU, float32, in the features' order: (N, num_labels) for a head on the pooled
-    output, (total tokens, num_labels) in input_ids order for a head on the tokens (seq_tag).
+def predict(model, features, task_id, batch_size, device, autocast_dtype=None, pad_to=None, desc=None, head=None):
+    """Logits of head `head` (default: `task_id`) through task row `task_id`, on the CPU, float32, in the features'
+    order: (N, num_labels) for a head on the pooled output, (total tokens, num_labels) in input_ids order for a head
+    on the tokens (seq_tag).
 
     Batches hold examples of similar length (sorted longest first), so padding to the longest costs little.
     """
     was_training = model.training
     model.eval()
-    per_token = HEAD_INPUTS[model.problem_types[task_id]] == "tokens"
+    head_id = task_id if head is None else head
+    per_token = HEAD_INPUTS[model.problem_types[head_id]] == "tokens"
     order = torch.argsort(features.lengths, descending=True, stable=True)
     rows = int(features.offsets[-1]) if per_token else len(features)
-    logits_out = torch.empty(rows, model.num_labels_per_task[task_id], device=device)
+    logits_out = torch.empty(rows, model.num_labels_per_task[head_id], device=device)
     order_on_device = order.to(device)
     for start in tqdm(range(0, len(features), batch_size), desc=desc, leave=False, disable=desc is None):
         indices = order[start:start + batch_size]
@@ -579,21 +589,25 @@ def predict(model, features, task_id, batch_size, device, autocast_dtype=None, p
                           device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                              token_index=batch["token_index"])
+                              token_index=batch["token_index"], heads=None if head is None else [head])
+            logits = logits if head is None else logits[0]
         where = packed_positions(features, indices).to(device) if per_token else order_on_device[start:start + batch_size]
         logits_out[where] = logits.float()
     model.train(was_training)
     return logits_out.cpu()
 
 
-def evaluate(model, eval_sets, tasks, batch_size, device, autocast_dtype, pad_to):
+def evaluate(model, eval_sets, tasks, batch_size, device, autocast_dtype, pad_to, group_of=None):
     """Metrics on whole dev sets: {problem: {metric: value}} and the mean of the problems' scores (the GLUE score on
-    GLUE's tasks). `tasks`: the model's problems (Problem objects) in head order; eval_sets: (name, split, features)."""
+    GLUE's tasks). `tasks`: the model's problems (Problem objects) in head order; eval_sets: (name, split, features);
+    group_of: each head's task row, when problems were trained in & groups (None: head i is row i)."""
     by_name = {t.name: t for t in tasks}
     scores = {}
     for name, split, features in eval_sets:
-        task_id = list(by_name).index(name)
-        logits = predict(model, features, task_id, batch_size, device, autocast_dtype, pad_to, desc=f"eval {name}")
+        head = list(by_name).index(name)
+        task_id, head = (head, None) if group_of is None else (group_of[head], head)
+        logits = predict(model, features, task_id, batch_size, device, autocast_dtype, pad_to, desc=f"eval {name}",
+                         head=head)
         predictions = problems.predictions_from_logits(by_name[name], logits)
         scores.setdefault(name, {}).update(problems.problem_metrics(by_name[name], split, predictions, features))
     return scores, mean_score(scores, by_name)
@@ -681,6 +695,7 @@ class Run:
     resolved: dict = None  # args.json
     user_problems: dict = None  # --problems: name -> Problem
     heads: list = None  # the run's problems (Problem objects), in head order
+    groups: list = None  # head indices of each group (--tasks a&b|c: [[0, 1], [2]]): sampled, one task row each
     reporter: object = dataclasses.field(default_factory=reporting.NullReporter)  # --report_to, on rank 0
 
     @property
@@ -706,6 +721,20 @@ class Run:
     @property
     def autocast_dtype(self):
         return AUTOCAST_DTYPES.get(self.precision)
+
+    @property
+    def chained(self):
+        """Whether --tasks joined problems with &: then groups and heads are numbered apart."""
+        return any(len(group) > 1 for group in self.groups)
+
+    @property
+    def group_of(self):
+        """Each head's group (task row), or None when every group is one problem (head i is row i)."""
+        return [g for g, group in enumerate(self.groups) for _ in group] if self.chained else None
+
+    @property
+    def group_names(self):
+        return [problems.group_name([self.heads[h].name for h in group]) for group in self.groups]
 
     @property
     def pad_to(self):
@@ -748,8 +777,12 @@ def check_inputs(run):
         fail(str(err))
     run.user_problems = read_user_problems(args.problems)
     if isinstance(args.tasks, str):
-        args.tasks = resolve_task_names(args.tasks, args.task_id, run.user_problems)
+        name_groups = resolve_task_groups(args.tasks, args.task_id, run.user_problems)
+        args.tasks = [name for group in name_groups for name in group]  # head order
+    else:  # a list of names (an already resolved run): one problem per group
+        name_groups = [[name] for name in args.tasks]
     run.heads = [problems.get_problem(t, run.user_problems) for t in args.tasks]
+    run.groups = [[args.tasks.index(name) for name in group] for group in name_groups]
     check_best_model_metric(args.metric_for_best_model, run.heads)
     missing = problems.missing_problem_files(args.data_dir, run.tasks,
                                              ["train"] * args.do_train + ["dev"] * args.do_eval, run.user_problems)
@@ -766,7 +799,7 @@ def check_inputs(run):
         logger.warning(f"--bert_config_file {args.bert_config_file} does not set our_attn: training the shared "
                        "encoder (multi-task BERT without task embeddings); add \"our_attn\": true for EmBERT")
     run.config = config
-    run.steps_per_epoch = args.steps_per_epoch or STEPS_PER_TASK_PER_EPOCH * len(run.tasks)
+    run.steps_per_epoch = args.steps_per_epoch or STEPS_PER_TASK_PER_EPOCH * len(run.groups)
     run.total_steps = args.max_steps or max(1, int(args.num_train_epochs * run.steps_per_epoch))
     run.num_epochs = math.ceil(run.total_steps / run.steps_per_epoch)
     run.micro_batch, remainder = divmod(args.train_batch_size, args.gradient_accumulation_steps * run.world_size)
@@ -778,6 +811,8 @@ def check_inputs(run):
     run.resolved = {**absolute_paths(args), "steps_per_epoch": run.steps_per_epoch, "total_steps": run.total_steps,
                     "num_epochs": run.num_epochs, "precision": run.precision, "world_size": run.world_size,
                     "method": method.name, "model_trained": model_description(method, config)}
+    if run.chained:
+        run.resolved["task_groups"] = name_groups
 
 
 def _declares_our_attn(config_file):
@@ -809,7 +844,30 @@ def load_data(run):
                  for t in run.heads for s in t.dev_splits] if args.do_eval else []
     if run.distributed and run.is_main:
         dist.barrier()
+    if args.do_train:
+        check_same_inputs(run, train_sets)
     return train_sets, eval_sets
+
+
+def check_same_inputs(run, train_sets):
+    """Problems joined by & train on one batch: their training examples must be the same, in the same order (the
+    tokenized ids are compared); a one-line error names the first example that differs."""
+    for group in run.groups:
+        first = train_sets[group[0]]
+        for other in group[1:]:
+            data = train_sets[other]
+            same = len(data) == len(first) and all(torch.equal(getattr(data, name), getattr(first, name))
+                                                   for name in ("offsets", "input_ids", "segment_a_len"))
+            if same:
+                continue
+            count = min(len(data), len(first))
+            differs = next((i for i in range(count)
+                            if not torch.equal(first.input_ids[first.offsets[i]:first.offsets[i + 1]],
+                                               data.input_ids[data.offsets[i]:data.offsets[i + 1]])
+                            or first.segment_a_len[i] != data.segment_a_len[i]), count)
+            fail(f"--tasks: {run.heads[group[0]].name} & {run.heads[other].name} must have the same inputs, but "
+                 f"their training examples differ from example {differs} on ({len(first)} and {len(data)} "
+                 "examples); train them in separate groups with | instead")
 
 
 def load_model(run):
@@ -825,7 +883,8 @@ def load_model(run):
     torch.manual_seed(args.seed)
     try:
         # Evaluating without training needs a trained model: every task parameter must come from the file.
-        model, fresh = build_model(run.method, run.config, run.heads, state, source, require_all=not args.do_train)
+        model, fresh = build_model(run.method, run.config, run.heads, state, source, require_all=not args.do_train,
+                                   num_groups=len(run.groups))
     except ValueError as err:
         fail(f"--init_checkpoint: {err}")
     if args.freeze:
@@ -845,6 +904,8 @@ def read_resume_state(run):
         fail(f"--resume: cannot read {previous_args} ({err}); start afresh with --overwrite_output_dir")
     changed = [f"--{k} (was {previous[k]!r}, now {run.resolved[k]!r})"
                for k in RESUME_INVARIANTS if k in previous and previous[k] != run.resolved[k]]
+    if previous.get("task_groups") != run.resolved.get("task_groups"):
+        changed.append(f"--tasks (groups were {previous.get('task_groups')}, now {run.resolved.get('task_groups')})")
     if changed:
         fail(f"--resume must repeat the interrupted run's settings; changed: {', '.join(changed)}")
     try:
@@ -867,7 +928,8 @@ def prepare_output_dir(run, resuming):
         if not resuming:
             save_json(run.resolved, output_dir / ARGS_FILE)
             save_json(model_config_record(run.config, run.method.name, run.heads, run.args.max_seq_length,
-                                          run.args.do_lower_case), output_dir / CONFIG_FILE)
+                                          run.args.do_lower_case, run.resolved.get("task_groups")),
+                      output_dir / CONFIG_FILE)
             shutil.copyfile(run.args.vocab_file, output_dir / VOCAB_FILE)
     run.barrier()
 
@@ -932,7 +994,7 @@ def run_evaluation(run, model, eval_sets, progress, epoch):
     if run.is_main:
         by_name = {t.name: t for t in run.heads}
         scores, overall = evaluate(model, eval_sets, run.heads, run.args.eval_batch_size, run.device,
-                                   run.autocast_dtype, run.pad_to)
+                                   run.autocast_dtype, run.pad_to, run.group_of)
         score = best_model_score(scores, overall, run.args.metric_for_best_model, by_name)
         is_best = score > progress.best_score
         # "glue_score": the mean score, under the name GLUE runs have always written.
@@ -948,22 +1010,33 @@ def run_evaluation(run, model, eval_sets, progress, epoch):
     run.barrier()
 
 
-def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, autocast_dtype=None, frozen=()):
+def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, autocast_dtype=None, frozen=(),
+                  heads=None, loss_weights=None):
     """One optimizer step of one task: forward and backward over its micro-batches (make_batch dicts on the model's
     device; the gradient is their mean), the `frozen` parameters' gradients dropped (no update at all: the optimizers
     skip parameters without one), unscale (fp16), clip, update, schedule. Returns the mean loss as a device tensor
-    (no host sync). `net` is the model or its DistributedDataParallel wrapper, which syncs on the last micro-batch."""
+    (no host sync). `net` is the model or its DistributedDataParallel wrapper, which syncs on the last micro-batch.
+
+    An & group: `heads` (head indices) read one encoder pass of task row `task_id`, each batch holds their labels
+    as "group_labels", and the step's loss is the sum of their losses times `loss_weights`; returns each head's mean
+    loss, (len(heads),)."""
     device_type = next(model.parameters()).device.type
     total = 0.0
     for i, batch in enumerate(batches):
         skip_sync = isinstance(net, DistributedDataParallel) and i < len(batches) - 1
         with (net.no_sync() if skip_sync else contextlib.nullcontext()), \
                 torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                          batch_labels(batch), token_index=batch["token_index"])
-            loss = loss / len(batches)
+            if heads is None:
+                _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                              batch_labels(batch), token_index=batch["token_index"])
+                loss = tallied = loss / len(batches)
+            else:
+                _, losses = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                                batch["group_labels"], token_index=batch["token_index"], heads=heads)
+                tallied = torch.stack(losses) / len(batches)  # (k,)
+                loss = (tallied * torch.tensor(loss_weights, device=tallied.device)).sum()
         scaler.scale(loss).backward()
-        total = total + loss.detach()
+        total = total + tallied.detach()
     for p in frozen:
         p.grad = None
     scaler.unscale_(optimizer)
@@ -994,9 +1067,11 @@ class LossTally:
     def zeros(cls, num_tasks, device):
         return cls(torch.zeros(num_tasks + 1, device=device), [0] * num_tasks)
 
-    def add(self, task_id, loss):
-        self.sums[task_id] += loss
-        self.steps[task_id] += 1
+    def add(self, heads, losses):
+        """losses: (len(heads),) or a 0-dim tensor for one head, as training_step returns."""
+        self.sums[heads] += losses
+        for head in heads:
+            self.steps[head] += 1
 
 
 def flush_log(run, tally, stop, scheduler, progress, epoch, bar):
@@ -1063,8 +1138,8 @@ def main(args, method):
     warmup = args.warmup_proportion if args.warmup_steps is None else args.warmup_steps / run.total_steps
     scheduler = optimization.linear_warmup_decay(optimizer, run.total_steps, warmup)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
-    sampler = TaskSampler([len(d) for d in train_sets], args.sample, run.steps_per_epoch, run.num_epochs, args.seed,
-                          method.anneal_alpha)
+    sampler = TaskSampler([len(train_sets[group[0]]) for group in run.groups], args.sample, run.steps_per_epoch,
+                          run.num_epochs, args.seed, method.anneal_alpha)
     progress = Progress()
     torch.manual_seed(args.seed + run.rank)  # dropout differs between ranks, as between the examples of one batch
     if resume_state is not None:
@@ -1089,24 +1164,31 @@ def main(args, method):
             epoch_steps = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
             first_step = progress.global_step - epoch * run.steps_per_epoch
             if first_step == 0 and run.is_main:
-                counts = {task: schedule[:epoch_steps].count(t) for t, task in enumerate(run.tasks)}
+                counts = {name: schedule[:epoch_steps].count(g) for g, name in enumerate(run.group_names)}
                 append_jsonl(run.output_dir / TRAIN_LOG, {"global_step": progress.global_step, "epoch": epoch,
                                                           "task_counts": counts, "alpha": sampler.alpha(epoch)})
                 run.reporter.epoch(progress.global_step, sampler.alpha(epoch),
-                                   {task: count / epoch_steps for task, count in counts.items()})
+                                   {name: count / epoch_steps for name, count in counts.items()})
             with tqdm(total=epoch_steps, initial=first_step, desc=f"epoch {epoch + 1}/{run.num_epochs}",
                       disable=not run.is_main) as bar:
                 for i in range(first_step, epoch_steps):
-                    task = schedule[i]
+                    group = schedule[i]  # one task row; its problems' heads
+                    heads = run.groups[group]
                     batches = []
                     for _ in range(micro_batches):
-                        indices = sampler.next_indices(task, run.micro_batch * run.world_size)
+                        indices = sampler.next_indices(group, run.micro_batch * run.world_size)
                         mine = indices[run.rank * run.micro_batch:(run.rank + 1) * run.micro_batch]
-                        batches.append(to_device(glue_processors.make_batch(
-                            train_sets[task], mine, pad_to=run.pad_to, pad_multiple=PAD_MULTIPLE), run.device))
-                    frozen = method.frozen_parameters(model, task, epoch) if method.frozen_parameters else ()
-                    tally.add(task, training_step(net, model, batches, task, optimizer, scheduler, scaler,
-                                                  run.autocast_dtype, frozen))
+                        batch = glue_processors.make_batch(train_sets[heads[0]], mine, pad_to=run.pad_to,
+                                                           pad_multiple=PAD_MULTIPLE)
+                        if run.chained:  # the same inputs (check_same_inputs): only the labels differ
+                            batch["group_labels"] = [batch_labels(glue_processors.make_batch(
+                                train_sets[h], mine, pad_to=run.pad_to, pad_multiple=PAD_MULTIPLE)) for h in heads]
+                        batches.append(to_device(batch, run.device))
+                    frozen = method.frozen_parameters(model, group, epoch) if method.frozen_parameters else ()
+                    weights = [run.heads[h].loss_weight for h in heads]
+                    tally.add(heads, training_step(net, model, batches, group, optimizer, scheduler, scaler,
+                                                   run.autocast_dtype, frozen, heads if run.chained else None,
+                                                   weights))
                     progress.global_step += 1
                     bar.update()
                     end_of_epoch = i == epoch_steps - 1

@@ -267,25 +267,46 @@ def get_problem(problem, user_problems=None):
 
 
 def resolve_problems(spec, task_id=None, user_problems=None):
-    """`--tasks` -> problem names: "all", "inf", "single" (GLUE, as resolve_tasks) or a comma list of any names."""
+    """`--tasks` -> problem names in head order: "all", "inf", "single" (GLUE, as resolve_tasks) or any names, in
+    groups (resolve_groups) or not."""
+    return [name for group in resolve_groups(spec, task_id, user_problems) for name in group]
+
+
+GROUP_SEPARATORS = re.compile(r"[|,]")  # "|" separates groups; a comma is a "|" (today's lists keep their meaning)
+SAME_INPUTS = "&"  # joins problems with the same inputs into one group, trained together on one batch
+
+
+def resolve_groups(spec, task_id=None, user_problems=None):
+    """`--tasks` -> groups of problem names: "a&b|c" -> [["a", "b"], ["c"]]. "|" (or ",") separates groups, sampled
+    one per step; "&" joins problems trained together on one batch. "all", "inf" and "single" give one problem per
+    group. Spaces around the operators are allowed; a name twice, an empty group or an unknown name is an error."""
     key = spec.strip().lower()
     if key in ("all", "inf", "single"):
-        return glue_processors.resolve_tasks(key, task_id)
-    names = []
-    for item in spec.split(","):
-        if not item.strip():
-            raise ValueError(
-                f"--tasks {spec!r} has an empty name; expected all, inf, single or a comma list like cola,pku_ner"
-            )
-        name = canonical_problem_name(item, user_problems)
-        if name in names:
-            raise ValueError(f"--tasks {spec!r} names {name} twice")
-        problem = get_problem(name, user_problems)
-        if "train" not in problem.splits:
-            where = f" (it is predicted with the {problem.head_of} head)" if problem.head_of else ""
-            raise ValueError(f"--tasks {spec!r}: {name} has no training data{where}")
-        names.append(name)
-    return names
+        return [[name] for name in glue_processors.resolve_tasks(key, task_id)]
+    groups, seen = [], set()
+    for group_spec in GROUP_SEPARATORS.split(spec):
+        names = [item.strip() for item in group_spec.split(SAME_INPUTS)]
+        if not all(names):
+            raise ValueError(f"--tasks {spec!r} has an empty group or name; expected names joined by & inside a "
+                             "group and groups separated by | (or a comma), like pku_cws&pku_ner|cola")
+        group = []
+        for item in names:
+            name = canonical_problem_name(item, user_problems)
+            if name in seen:
+                raise ValueError(f"--tasks {spec!r} names {name} twice")
+            problem = get_problem(name, user_problems)
+            if "train" not in problem.splits:
+                where = f" (it is predicted with the {problem.head_of} head)" if problem.head_of else ""
+                raise ValueError(f"--tasks {spec!r}: {name} has no training data{where}")
+            seen.add(name)
+            group.append(name)
+        groups.append(group)
+    return groups
+
+
+def group_name(group):
+    """A group's name in logs (task_counts): its problems joined by "&"."""
+    return SAME_INPUTS.join(group)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -881,7 +902,7 @@ assert set(TYPES) == set(PROBLEM_TYPES)
 # ----------------------------------------------------------------------------------------------------------------
 
 SPLIT_KEYS = ("train", "dev", "test")
-COMMON_KEYS = ("type", "format", *SPLIT_KEYS, "labels", "label_scale")
+COMMON_KEYS = ("type", "format", *SPLIT_KEYS, "labels", "label_scale", "loss_weight")
 FORMAT_KEYS = {"tsv": ("text", "label", "index", "label_separator"),
                "jsonl": ("text", "label", "index", "label_separator"),
                "conll": ("token_column", "label_column")}
@@ -948,6 +969,10 @@ def _problem_from_spec(name, spec, problems_file):
         scale = spec["label_scale"]
         if type_ != "regression" or isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"{where}: label_scale must be a positive number, and only for regression")
+    if "loss_weight" in spec:
+        weight = spec["loss_weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"{where}: loss_weight must be a positive number (its loss's factor in an & group)")
     if "train" not in spec:
         raise ValueError(f"{where}: needs a train file (\"train\": path relative to the problems file)")
 
@@ -982,7 +1007,8 @@ def _problem_from_spec(name, spec, problems_file):
             _tsv_columns(fmt.file, fmt, split, header)
     metrics = {"dev": tuple(TYPES[type_].default_metrics(labels))} if "dev" in splits else {}
     return Problem(name, "", splits, labels, metrics, type=type_,
-                   label_scale=float(spec["label_scale"]) if "label_scale" in spec else None)
+                   label_scale=float(spec["label_scale"]) if "label_scale" in spec else None,
+                   loss_weight=float(spec.get("loss_weight", 1.0)))
 
 
 def _split_from_spec(spec, format_, file, where):

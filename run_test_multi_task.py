@@ -108,6 +108,7 @@ class LoadedModel:
     max_seq_length: int
     run_args: dict  # the training run's resolved arguments (args.json); empty for a checkpoint file
     user_problems: dict  # the run's own problems (config.json's "problems"), by name
+    group_of: list | None = None  # each head's task row when the run trained & groups (config.json's task_groups)
 
     def problem(self, name):
         return problems.get_problem(name, self.user_problems)
@@ -173,12 +174,12 @@ def read_mapped_state(path):
     return state, any(ORIGINAL_FORMAT_KEY.search(key) for key in raw_keys), path
 
 
-def load_model(method, config, heads, state, path, user_problems=None):
-    """The method's BertForMultiTask with one head per problem, every parameter loaded from `state` (read from
-    `path`)."""
+def load_model(method, config, heads, state, path, user_problems=None, num_groups=None):
+    """The method's BertForMultiTask with one head per problem (and `num_groups` task rows), every parameter loaded
+    from `state` (read from `path`)."""
     try:
         model, _ = build_model(method, config, [problems.get_problem(t, user_problems) for t in heads], state, path,
-                               require_all=True)
+                               require_all=True, num_groups=num_groups)
     except ValueError as err:
         fail(str(err))
     return model.eval()
@@ -224,13 +225,18 @@ def load_run_directory(args):
     if method.pad_to_max_length and max_seq_length != record["max_seq_length"]:
         fail(f"--max_seq_length {max_seq_length}: Gated-BERT's gate reads exactly the {record['max_seq_length']} "
              f"tokens it was trained with ({config_path})")
+    groups = record.get("task_groups")
+    group_of = None if groups is None else [g for g, group in enumerate(groups) for _ in group]
+    if groups is not None and [name for group in groups for name in group] != heads:
+        fail(f"{config_path}: task_groups {groups} do not list the heads {heads} in order")
     state, _, checkpoint = read_mapped_state(checkpoint)
     check_heads(state, heads, checkpoint, config_path, user_problems)
     args_file = directory / ARGS_FILE
-    return LoadedModel(load_model(method, config, heads, state, checkpoint, user_problems), method, heads,
-                       tasks_to_predict(args.tasks, heads, user_problems), vocab_file, record["do_lower_case"],
-                       max_seq_length, json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {},
-                       user_problems)
+    model = load_model(method, config, heads, state, checkpoint, user_problems, None if groups is None else len(groups))
+    return LoadedModel(model, method, heads, tasks_to_predict(args.tasks, heads, user_problems), vocab_file,
+                       record["do_lower_case"], max_seq_length,
+                       json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {},
+                       user_problems, group_of)
 
 
 def load_checkpoint_file(args):
@@ -415,8 +421,10 @@ def main(args):
         if head is None:  # WNLI without a head of its own: its row's default (majority) class for every example
             predictions = torch.full((len(data),), problem.labels.index(problem.default_label))
         else:
-            logits = predict(model, data, loaded.heads.index(head), batch_size, device,
-                             AUTOCAST_DTYPES.get(precision), pad_to, desc=f"{problem.name} {job.split}")
+            index = loaded.heads.index(head)
+            task_id, head_id = (index, None) if loaded.group_of is None else (loaded.group_of[index], index)
+            logits = predict(model, data, task_id, batch_size, device, AUTOCAST_DTYPES.get(precision), pad_to,
+                             desc=f"{problem.name} {job.split}", head=head_id)
             predictions = problems.predictions_from_logits(loaded.problem(head), logits)
         path = output_dir / job.file_name
         if job.glue:

@@ -19,6 +19,7 @@ from torch import nn
 
 import original_reference
 from conftest import ROOT, minilm_dir, require
+import modeling
 from modeling import BertConfig, BertForMultiTask, count_parameters, load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
@@ -604,7 +605,8 @@ def test_config_bad_values():
 
 
 def test_num_tasks_disagreeing_with_heads():
-    with pytest.raises(ValueError, match=re.escape("config.num_tasks is 3 but 2 heads were asked for ([2, 1])")):
+    with pytest.raises(ValueError, match=re.escape("config.num_tasks is 3 but 2 task rows were asked for (2 heads: "
+                                                   "[2, 1])")):
         BertForMultiTask(tiny_config(num_tasks=3), [2, 1])
 
 
@@ -794,3 +796,27 @@ def test_packed_output_is_the_padded_output_at_real_tokens(pack_tokens):
     hidden, pooled = model.bert(ids, types, mask, 0)
     tokens, pooled_packed = model.bert(ids, types, mask, 0, packed_output=True)
     assert torch.equal(tokens, hidden[mask.bool()]) and torch.equal(pooled_packed, pooled)
+
+
+def test_a_group_reads_one_encoder_pass_and_each_head_its_loss():
+    """heads=[...]: the heads of an & group on one encoder pass of the group's task row; each head's loss is the one
+    it has alone on the same batch, and a one-head group is the single-head forward."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, our_attn=True)
+    # Heads: a seq_tag, a multi_cls and a cls problem in one group (task row 0), a cls problem alone (row 1).
+    model = BertForMultiTask(config, [3, 2, 2, 2], ["seq_tag", "multi_cls", "cls", "cls"], num_groups=2).eval()
+    assert model.bert.encoder.layer[0].attention.self.query_task_emb.weight.shape[0] == 2
+    ids = torch.tensor([[2, 5, 7, 3, 0], [2, 9, 3, 0, 0]])
+    mask, types = (ids > 0).long(), torch.zeros_like(ids)
+    labels = [torch.tensor([-100, 1, 2, -100, -100, 0, -100]), torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([1, 0])]
+    logits, losses = model(ids, types, mask, 0, labels, heads=[0, 1, 2])
+    hidden, pooled = model.bert(ids, types, mask, 0, packed_output=True)
+    for head, (head_logits, loss) in enumerate(zip(logits, losses)):
+        states = hidden if head == 0 else pooled
+        alone = modeling.LOSSES[model.problem_types[head]](model.classifier[head](states), labels[head])
+        assert torch.allclose(loss, alone, atol=1e-6)
+    [single], [single_loss] = model(ids, types, mask, 1, [torch.tensor([0, 1])], heads=[3])
+    with pytest.raises(IndexError):
+        model(ids, types, mask, 3, torch.tensor([0, 1]))  # task row 3 does not exist: rows are groups
+    assert single.shape == (2, 2) and torch.isfinite(single_loss)

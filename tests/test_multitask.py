@@ -118,3 +118,11 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         write_atomic(path, crash)
     assert torch.load(path) == {"step": 1}
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_uniform_draws_every_group_alike():
+    """--sample uniform (bert-multitask-learning's problem_balanced): p = 1/groups whatever their sizes."""
+    draws = sampler("uniform", steps=8000)
+    assert torch.allclose(draws.probabilities(3), torch.full((len(SIZES),), 1 / len(SIZES), dtype=torch.float64))
+    counts = torch.bincount(draws.tasks_for_epoch(0), minlength=len(SIZES)).double() / 8000
+    assert (counts - 1 / len(SIZES)).abs().max() < 0.02

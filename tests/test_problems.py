@@ -124,8 +124,31 @@ def test_names_and_resolve_problems(user_problems):
         resolve_problems("pku_cws,PKU_CWS")
     with pytest.raises(ValueError, match="ax has no training data .it is predicted with the mnli head"):
         resolve_problems("ax,pku_ner")
-    with pytest.raises(ValueError, match="empty name"):
+    with pytest.raises(ValueError, match="empty group or name"):
         resolve_problems("pku_ner,")
+
+
+@pytest.mark.parametrize("spec, groups", [
+    ("pku_cws&pku_ner&pku_entity_types|pku_pos", [["pku_cws", "pku_ner", "pku_entity_types"], ["pku_pos"]]),
+    (" pku_cws & pku_ner | cola , sts ", [["pku_cws", "pku_ner"], ["cola"], ["sts"]]),  # spaces; a comma is a |
+    ("cola,mrpc", [["cola"], ["mrpc"]]),
+    ("inf", [["qnli"], ["mnli"], ["rte"]]),
+])
+def test_task_grammar_groups(spec, groups):
+    assert problems.resolve_groups(spec) == groups
+    assert resolve_problems(spec) == [name for group in groups for name in group]
+    assert [problems.group_name(g) for g in groups][0] == "&".join(groups[0])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("pku_cws&&pku_ner", "empty group or name"), ("pku_cws||cola", "empty group or name"),
+    ("&cola", "empty group or name"), ("cola|", "empty group or name"),
+    ("cola&sts|cola", "names cola twice"), ("cola&squad", "unknown problem 'squad'"),
+])
+def test_task_grammar_errors(spec, message):
+    with pytest.raises(ValueError, match=message) as error:
+        problems.resolve_groups(spec)
+    assert "\n" not in str(error.value)
 
 
 # ---- the user's problems file -------------------------------------------------------------------------------------

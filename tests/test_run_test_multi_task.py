@@ -24,7 +24,7 @@ import run_multi_task
 import run_multi_task_gated
 import run_multi_task_pals
 import run_test_multi_task
-from conftest import fixture_glue_dir, minilm_dir, shared_glue_dir
+from conftest import fixture_glue_dir, minilm_dir, require, shared_glue_dir
 from glue_processors import ALL_TASKS, TASKS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
@@ -538,3 +538,60 @@ def test_pals_run_directory_and_original_checkpoint_predict_the_logged_scores(pa
     run_script("--model_dir", run, "--output_dir", tmp_path / "test")
     assert (tmp_path / "test" / run_test_multi_task.SUBMISSION_ZIP).is_file()
     assert written_files(tmp_path / "test") == set(SERVER_LABELS) | {STS_FILE}  # all eleven
+
+
+# ---------------------------------------------------------------------------------------------------- & groups
+
+CHAINED = "pku_cws&pku_ner&pku_entity_types|pku_pos"
+
+
+@pytest.fixture(scope="module")
+def chained_run(workspace):
+    """People's Daily as one & group of three problems and one | group (real data in ../shared)."""
+    shared = shared_glue_dir().parent
+    require((shared / "pku199801" / "199801.txt").is_file(), f"needs People's Daily in {shared / 'pku199801'}")
+    output_dir = workspace["root"] / "chained"
+    argv = ["--output_dir", str(output_dir), "--tasks", CHAINED, "--sample", "uniform", "--do_train", "--do_eval",
+            "--do_lower_case", "--data_dir", str(shared), "--vocab_file", str(workspace["minilm"] / "vocab.txt"),
+            "--bert_config_file", str(workspace["config"]), "--max_seq_length", "32", "--train_batch_size", "8",
+            "--eval_batch_size", "512", "--num_train_epochs", "2", "--steps_per_epoch", "3", "--learning_rate",
+            "1e-3", "--log_steps", "3", "--no_cuda", "--cache_dir", str(workspace["cache"])]
+    multitask.main(multitask.parse_args(run_multi_task.__doc__, argv), run_multi_task.METHOD)
+    return output_dir
+
+
+@pytest.mark.slow
+def test_chained_run_logs_per_problem_and_predicts_its_logged_scores(chained_run, tmp_path):
+    log = [json.loads(line) for line in (chained_run / multitask.TRAIN_LOG).read_text().splitlines()]
+    counts = [r["task_counts"] for r in log if "task_counts" in r]
+    assert all(set(c) == {"pku_cws&pku_ner&pku_entity_types", "pku_pos"} and sum(c.values()) == 3 for c in counts)
+    losses = [r for r in log if "loss" in r]
+    by_step = {}
+    for r in losses:
+        by_step.setdefault(r["global_step"], {})[r["task"]] = r["steps"]
+    for steps in by_step.values():  # an & group's members are trained on the same steps: equal counts
+        members = [steps[t] for t in ("pku_cws", "pku_ner", "pku_entity_types") if t in steps]
+        assert len(set(members)) <= 1 and len(members) in (0, 3)
+    config = json.loads((chained_run / multitask.CONFIG_FILE).read_text())
+    assert config["task_groups"] == [["pku_cws", "pku_ner", "pku_entity_types"], ["pku_pos"]]
+    state = torch.load(chained_run / multitask.BEST_MODEL, weights_only=True)
+    assert state["bert.encoder.layer.0.attention.self.query_task_emb.weight"].shape[0] == 2  # a row per group
+    assert state["classifier.3.weight"].shape[0] == len(config["task_labels"]["pku_pos"])  # a head per problem
+    run_script("--model_dir", chained_run, "--output_dir", tmp_path, "--split", "dev")
+    best = [json.loads(line) for line in (chained_run / multitask.EVAL_LOG).read_text().splitlines()]
+    best = [e for e in best if e["best"]][-1]
+    results = json.loads((tmp_path / run_test_multi_task.DEV_RESULTS).read_text())
+    assert results["scores"] == best["scores"] and results["glue_score"] == best["glue_score"]
+    assert {p.name for p in tmp_path.iterdir()} >= {"pku_cws.conll", "pku_ner.conll", "pku_pos.conll",
+                                                    "pku_entity_types.tsv"}
+
+
+def test_problems_joined_by_and_need_the_same_inputs(workspace, tmp_path):
+    argv = ["--output_dir", str(tmp_path / "out"), "--tasks", "senti&emotion", "--problems", str(PROBLEMS_FILE),
+            "--do_train", "--do_lower_case", "--data_dir", str(fixture_glue_dir()), "--vocab_file",
+            str(workspace["minilm"] / "vocab.txt"), "--bert_config_file", str(workspace["config"]),
+            "--max_seq_length", "16", "--no_cuda", "--cache_dir", str(workspace["cache"])]
+    with pytest.raises(SystemExit, match=r"senti & emotion must have the same inputs, but their training examples "
+                                         r"differ from example 0 on .*use \| instead|separate groups with \|"):
+        multitask.main(multitask.parse_args(run_multi_task.__doc__, argv), run_multi_task.METHOD)
+    assert not (tmp_path / "out").exists()
