@@ -520,3 +520,17 @@ def test_report_to_tensorboard_resumed_curves_equal_straight(tmp_path, tiny_conf
         straight)
     assert [step for step, _ in straight["dev/score"]] == [100, 200]
     assert resumed == straight
+
+
+def test_resuming_a_finished_fractional_run_evaluates_nothing_again(tmp_path, tiny_config):
+    """--num_train_epochs 1.5 ends mid-epoch; --resume on the finished run used to evaluate its last epoch again."""
+    out = tmp_path / "run"
+    command = tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 4, "--num_train_epochs", 1.5,
+                           "--do_eval", "--eval_batch_size", 64)
+    run(command)
+    before = files_and_bytes(out)
+    assert [e["global_step"] for e in read_jsonl(out / "eval_results.jsonl")] == [4, 6]
+    run([*command, "--resume"])
+    assert (out / "eval_results.jsonl").read_bytes() == before["eval_results.jsonl"]
+    assert (out / "last_checkpoint.pth").read_bytes() == before["last_checkpoint.pth"]
+    assert "the run already finished at step 6" in (out / "train.log").read_text()
