@@ -74,8 +74,8 @@ RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"), ".*.tmp")
 # --metric_for_best_model's default: the mean of the tasks' scores (the GLUE score).
 MEAN_SCORE = "mean"
 # Arguments a resumed run must share with the run it continues.
-RESUME_INVARIANTS = ("tasks", "problems", "sample", "seed", "train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                     "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer", "max_seq_length",
+RESUME_INVARIANTS = ("tasks", "problems", "sample", "seed", "train_batch_size", "gradient_accumulation_steps",
+                     "learning_rate", "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer", "max_seq_length",
                      "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps", "weight_decay", "eval_steps",
                      "max_train_samples", "max_eval_samples", "metric_for_best_model")
 # Arguments holding paths: stored absolute in args.json, so a run directory works from any working directory.
@@ -444,7 +444,8 @@ def truncate_jsonl(path, global_step):
     kept = []
     for line in lines:
         record = json.loads(line)
-        if record["global_step"] < global_step or (record["global_step"] == global_step and "task_counts" not in record):
+        step = record["global_step"]
+        if step < global_step or (step == global_step and "task_counts" not in record):
             kept.append(line)
     write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
 
@@ -591,7 +592,8 @@ def predict(model, features, task_id, batch_size, device, autocast_dtype=None, p
             logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
                               token_index=batch["token_index"], heads=None if head is None else [head])
             logits = logits if head is None else logits[0]
-        where = packed_positions(features, indices).to(device) if per_token else order_on_device[start:start + batch_size]
+        where = (packed_positions(features, indices).to(device) if per_token
+                 else order_on_device[start:start + batch_size])
         logits_out[where] = logits.float()
     model.train(was_training)
     return logits_out.cpu()
@@ -1121,7 +1123,8 @@ def main(args, method):
         return finish(run)
     for task, data in zip(run.tasks, train_sets):
         logger.info(f"{task}: {len(data)} training examples")
-    logger.info(f"{run.resolved['model_trained']}: tasks {','.join(run.tasks)} | {run.device.type} {run.precision} | "
+    logger.info(f"{run.resolved['model_trained']}: tasks {'|'.join(run.group_names)} | {run.device.type} "
+                f"{run.precision} | "
                 f"{run.world_size} process(es) | {run.num_epochs} epoch(s) x {run.steps_per_epoch} steps "
                 f"({run.total_steps} in all), batch {args.train_batch_size}")
     if args.compile:

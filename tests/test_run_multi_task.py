@@ -130,11 +130,17 @@ def interrupt_at_step(process, log, global_step, timeout=120, signum=signal.SIGI
     return output
 
 
+# An & group of two problems on the same texts (one tsv, two label columns) and a GLUE task as a second group.
+CHAINED = ["--tasks", "review_sentiment&review_stars|cola", "--problems",
+           fixture_glue_dir().parent / "problems" / "reviews.json"]
+
+
 @pytest.mark.slow
-def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, tiny_config):
+@pytest.mark.parametrize("tasks", [[], CHAINED], ids=["tasks", "chained"])
+def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, tiny_config, tasks):
     steps_per_epoch = 100
     command = lambda out: tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", steps_per_epoch,
-                                       "--do_eval", "--eval_batch_size", 64)
+                                       "--do_eval", "--eval_batch_size", 64, *tasks)
     run(command(tmp_path / "straight"))
 
     interrupted = tmp_path / "interrupted"
@@ -163,14 +169,15 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_config):
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_matches_one_process(tmp_path):
+@pytest.mark.parametrize("tasks", [[], CHAINED], ids=["tasks", "chained"])
+def test_two_process_torchrun_matches_one_process(tmp_path, tasks):
     """DDP over gloo with the same global batch: same losses and final weights (dropout off: its masks differ)."""
     config = tmp_path / "no_dropout.json"
     config.write_text(json.dumps({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
                                   "num_attention_heads": 4, "intermediate_size": 37, "our_attn": True,
                                   "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
     command = lambda out: tiny_command(out, config, tmp_path / "cache", "--steps_per_epoch", 6,
-                                       "--gradient_accumulation_steps", 2)
+                                       "--gradient_accumulation_steps", 2, *tasks)
     run(command(tmp_path / "single"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

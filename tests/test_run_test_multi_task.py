@@ -526,7 +526,8 @@ def test_pals_run_directory_and_original_checkpoint_predict_the_logged_scores(pa
     assert results["glue_score"] == best["glue_score"]
     # The same weights as the original PALs code writes them (gamma/beta, every alias of the shared projections).
     state = torch.load(run / multitask.BEST_MODEL, weights_only=True)
-    assert any(".multi_layers.0.aug_dense.weight" in k for k in state) and "bert.encoder.mult_aug_dense.0.weight" in state
+    assert any(".multi_layers.0.aug_dense.weight" in k for k in state)
+    assert "bert.encoder.mult_aug_dense.0.weight" in state
     original = tmp_path / "pals_model.bin"
     torch.save(to_original_names(state), original)
     flags = ["--bert_config_file", config, "--vocab_file", workspace["minilm"] / "vocab.txt", "--do_lower_case",
