@@ -5,6 +5,7 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
     python bench.py --device cpu --model tiny         # 2-layer BERT-Tiny sizes: a quick CPU run
     python bench.py --sections train,eval --compile   # also time torch.compile'd path (1), count its compilations
     python bench.py --sections train --profile 5      # torch.profiler's top ops of path (1) over 5 steps
+    python bench.py --device cpu --sections group     # an & group of three People's Daily problems
 
 The paths, fed the identical batches:
   (1) ours         one step of multitask.main's loop as run_multi_task.py runs it with the device's default
@@ -28,10 +29,22 @@ PALs: path (1) with modeling_pals's model beside path (1) with EmBERT's, on the 
 
 Sections: train (one optimizer step), fwdbwd (forward+backward only), eval (forward only over dev sets, batches of
 --eval_batch_size; sorted by length and padded to the longest as multitask.predict, except the original: file order,
-padded to 128, logits to the host per batch), gated (Gated-BERT's step), pals (PALs' step beside EmBERT's), data
-(featurising every GLUE file cold in one process and in --workers processes, then from the cache). Also: the host
-cost of path (1)'s batch pipeline, the projected time of the seed's 60,000-step run, --profile, and everything in
---json.
+padded to 128, logits to the host per batch), gated (Gated-BERT's step), pals (PALs' step beside EmBERT's), group
+(below), data (featurising every GLUE file cold in one process and in --workers processes, then from the cache).
+Also: the host cost of path (1)'s batch pipeline, the projected time of the seed's 60,000-step run, --profile, and
+everything in --json.
+
+The group section: what an & group costs. On the same real People's Daily training batches (32 rows of
+<--problems_data_dir>/pku199801/199801.txt, whose three problems share their inputs), path (1)'s step as
+multitask.main's loop runs it (make_batch per problem of the step, then multitask.training_step), three ways:
+  group          one step of pku_cws&pku_ner&pku_entity_types: one encoder pass read by the three heads, the loss
+                 the sum of theirs (the model --tasks "pku_cws&pku_ner&pku_entity_types" builds: one task row)
+  single         one step of pku_cws alone (the model --tasks pku_cws builds)
+  three_singles  one step of each of the three problems on the same examples, one after another (the model --tasks
+                 "pku_cws|pku_ner|pku_entity_types" builds: three task rows): training them separately
+Reported: steps/s (optimizer steps: three per batch for three_singles), problem steps/s (problems trained per
+second: three per group step), the encoder passes per batch (counted with a forward hook on an untimed step), and
+the time ratios group / single and three_singles / group. Skipped, with a note, when People's Daily is not there.
 
 Batches: the training sets of the five small GLUE tasks in ../shared/glue (cola, mrpc, rte, sts, sst), tokenized with
 MiniLM's vocab (bert-base-uncased's); a task drawn per step by multitask.TaskSampler("anneal") with the real sizes at
@@ -76,6 +89,7 @@ import modeling_gated
 import modeling_pals
 import multitask
 import optimization
+import problems
 from glue_processors import TASKS, load_examples, load_features, task_file
 from original_reference import OriginalBertAdam, use_original_attention
 
@@ -111,7 +125,11 @@ PEAK_BF16_TFLOPS = (
 )
 # Defaults per device type: (warm-up steps, timed steps per round, rounds, eval examples per task (0 = whole dev)).
 RUN_DEFAULTS = {"cpu": (3, 10, 3, 128), "cuda": (20, 100, 5, 0)}
-SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "data")
+SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "group", "data")
+# The group section's & group: People's Daily problems with the same inputs (problems.PKU_PROBLEMS), its first
+# member also the single-problem path's problem; the data directory holding pku199801/ (run_multi_task's --data_dir).
+GROUP_PROBLEMS = ("pku_cws", "pku_ner", "pku_entity_types")
+DEFAULT_PROBLEMS_DATA_DIR = ROOT.parent / "shared"
 # Calls per measurement of the per-step batch pipeline (sampler draw, make_batch, copy to the device).
 PIPELINE_CALLS = 200
 # The data section: official size of MNLI train and its file size in bytes (../shared/glue/README.md, from the Git LFS
@@ -121,6 +139,9 @@ MNLI_TRAIN_EXAMPLES, MNLI_TRAIN_BYTES, MNLI_TRAIN_COLUMNS = 392_702, 409_801_190
 REFERENCE_DRAWS = 2000
 # Rows of torch.profiler's table shown and saved.
 PROFILE_ROWS = 20
+# Model FLOPs per parameter and token (or sequence) of a training step: a multiply-add forward (2), twice that again
+# backward (4); forward only: 2.
+TRAIN_FLOPS_PER_PARAMETER, FORWARD_FLOPS_PER_PARAMETER = 6, 2
 # torch.optim.Optimizer labels its step and zero_grad for the profiler as "Optimizer.step#<class>.step".
 OPTIMIZER_EVENT_PREFIX = "Optimizer."
 MICROSECONDS = 1e6
@@ -210,10 +231,23 @@ class FlopModel:
 
     def batch_flops(self, task, lengths, training):
         """Useful FLOPs of one batch with real lengths `lengths` (B,): module docstring."""
-        per_parameter = 6 if training else 2  # multiply-add forward (2), and twice that again backward (4)
+        per_parameter = TRAIN_FLOPS_PER_PARAMETER if training else FORWARD_FLOPS_PER_PARAMETER
         squares = float((lengths.double() ** 2).sum())
         return (per_parameter * (self.per_token * int(lengths.sum()) + self.per_sequence[task] * len(lengths))
                 + 2 * per_parameter * self.layers * self.hidden * squares)
+
+
+def problem_step_flops(model, heads, lengths):
+    """Model FLOPs of one training step of the problems `heads` (head indices) reading one encoder pass over a batch
+    of real lengths `lengths` (B,): the encoder and the pooler (which always runs) as FlopModel counts them, plus
+    each head on what it reads, every real token for a "tokens" head (seq_tag), the pooled output otherwise."""
+    pooler = sum(p.numel() for p in model.bert.pooler.parameters())
+    flops = dataclasses.replace(FlopModel.of(model), per_sequence=[pooler]).batch_flops(0, lengths, training=True)
+    for head in heads:
+        per_token = modeling.HEAD_INPUTS[model.problem_types[head]] == "tokens"
+        reads = int(lengths.sum()) if per_token else len(lengths)
+        flops += TRAIN_FLOPS_PER_PARAMETER * sum(p.numel() for p in model.classifier[head].parameters()) * reads
+    return flops
 
 
 def lookup_peak(device_name):
@@ -409,6 +443,48 @@ def transformers_runner(config, setting):
         return logits_out.cpu()
 
     return Runner("transformers", model, None, train_step, forward_backward, predict)
+
+
+@dataclass
+class ProblemPath:
+    """A path of the group section: the training steps one batch gets, as multitask.main's loop runs them."""
+    name: str
+    model: torch.nn.Module
+    plan: list  # per step: (task row, heads of an & group or None for one problem's step, whose head is the row)
+    train_step: Callable  # Draw -> None: every step of the plan on the draw's examples
+
+
+def step_members(task_id, heads):
+    """The heads a step of a plan trains: an & group's, or the one problem's, whose head is its task row."""
+    return [task_id] if heads is None else list(heads)
+
+
+def problem_path(name, model, setting, plan, loss_weights):
+    """Each step of `plan` on a draw's examples, as one step of multitask.main's loop (one process, gradient
+    accumulation 1): make_batch from the first member's features, an & group's labels from each member's (their
+    inputs are the same), the copy to the device, then multitask.training_step itself, its loss added to a
+    multitask.LossTally. `loss_weights`: each head's problem's loss_weight."""
+    device = setting.device
+    model.to(device).train()
+    optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
+    scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
+    scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)  # as ours_runner
+    tally = multitask.LossTally.zeros(len(setting.train_sets), device)
+
+    def batch(head, indices):
+        return glue_processors.make_batch(setting.train_sets[head], indices, pad_multiple=multitask.PAD_MULTIPLE)
+
+    def train_step(draw):
+        for task_id, heads in plan:
+            members = step_members(task_id, heads)
+            inputs = batch(members[0], draw.indices)
+            if heads is not None:
+                inputs["group_labels"] = [multitask.batch_labels(batch(h, draw.indices)) for h in heads]
+            tally.add(members, multitask.training_step(
+                model, model, [multitask.to_device(inputs, device)], task_id, optimizer, scheduler, scaler,
+                setting.autocast_dtype, heads=heads, loss_weights=[loss_weights[h] for h in members]))
+
+    return ProblemPath(name, model, plan, train_step)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -671,6 +747,83 @@ def pals_section(args, setting, config, peak):
     return section
 
 
+def group_section(args, device, precision, config, peak):
+    """An & group's training step against one problem's and against the three problems' steps one after another
+    (module docstring), on the same People's Daily batches; None, with a one-line note, without People's Daily."""
+    data_file = problems.problem_file(args.problems_data_dir, GROUP_PROBLEMS[0], "train")
+    if not data_file.is_file():
+        print(f"note: group section skipped: People's Daily is not at {data_file} (--problems_data_dir)")
+        return None
+    records = [problems.get_problem(name) for name in GROUP_PROBLEMS]
+    train_sets = [problems.load_problem_features(problem, "train", args.problems_data_dir, args.vocab_file, True,
+                                                 MAX_SEQ_LENGTH, cache_dir=args.cache_dir) for problem in records]
+    first = train_sets[0]
+    for problem, features in zip(records[1:], train_sets[1:]):
+        if not all(torch.equal(getattr(features, name), getattr(first, name))
+                   for name in ("offsets", "input_ids", "segment_a_len")):
+            multitask.fail(f"group section: {problem.name}'s training inputs differ from {records[0].name}'s "
+                           f"({data_file}); an & group needs the same inputs")
+    setting = Setting(device, multitask.AUTOCAST_DTYPES.get(precision), train_sets, args.eval_batch_size)
+    timed = draw_batches([len(first)], args.steps, args.seed, multitask.embert_alpha)
+    warmup = draw_batches([len(first)], args.warmup, args.seed + 1, multitask.embert_alpha)
+    everyone = list(range(len(records)))
+    weights = [problem.loss_weight for problem in records]
+
+    def model(heads, num_groups):
+        """As multitask.build_model for --tasks with these problems; the same initial weights for every path."""
+        torch.manual_seed(args.seed)
+        return modeling.BertForMultiTask(config, [records[h].num_labels for h in heads],
+                                         [records[h].type for h in heads], num_groups)
+
+    paths = [problem_path("group", model(everyone, 1), setting, [(0, everyone)], weights),
+             problem_path("single", model([0], None), setting, [(0, None)], weights),
+             problem_path("three_singles", model(everyone, None), setting, [(h, None) for h in everyone], weights)]
+    passes = {path.name: count_encoder_passes(path, timed[0]) for path in paths}
+    print(f"{time.strftime('%H:%M:%S')} timed: group train ({len(paths)} paths x {args.repeats} rounds x "
+          f"{len(timed)} batches of {'&'.join(GROUP_PROBLEMS)})", flush=True)
+    seconds = timed_rounds(paths, warmup, timed, args.repeats, device, lambda path, draw: path.train_step(draw))
+    work = {}
+    for path in paths:
+        totals = dict(steps=0, sequences=0, real_tokens=0, padded_tokens=0, flops=0.0)
+        for draw in timed:
+            lengths = first.lengths[draw.indices]
+            for task_id, heads in path.plan:  # one encoder pass per step of the plan
+                totals["steps"] += 1
+                totals["sequences"] += len(lengths)
+                totals["real_tokens"] += int(lengths.sum())
+                totals["padded_tokens"] += len(lengths) * padded_width(lengths, None)
+                totals["flops"] += problem_step_flops(path.model, step_members(task_id, heads), lengths)
+        work[path.name] = totals
+    section = summarize(seconds, work, references=())
+    add_mfu(section, peak)
+    for path in paths:
+        result = section["paths"][path.name]
+        problem_steps = len(timed) * sum(len(step_members(task_id, heads)) for task_id, heads in path.plan)
+        result["problem_steps_per_s"] = problem_steps / statistics.median(result["seconds_per_round"])
+        result["encoder_passes_per_batch"] = passes[path.name]
+    rounds = {name: result["seconds_per_round"] for name, result in section["paths"].items()}
+    best = {name: result["best_round_seconds"] for name, result in section["paths"].items()}
+    # Time per batch: what the group's step costs against one problem's, and what the three steps cost against it.
+    pairs = (("group", "single"), ("three_singles", "group"))
+    section["time_ratios"] = {f"{a}/{b}": statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
+                              for a, b in pairs}
+    section["time_ratios_best"] = {f"{a}/{b}": best[a] / best[b] for a, b in pairs}
+    section["problems"] = list(GROUP_PROBLEMS)
+    section["train_examples"] = len(first)
+    return section
+
+
+def count_encoder_passes(path, draw):
+    """Encoder forward passes in one untimed training step of `path` on `draw`, counted by a forward hook."""
+    calls = []
+    hook = path.model.bert.register_forward_hook(lambda *_: calls.append(None))
+    try:
+        path.train_step(draw)
+    finally:
+        hook.remove()
+    return len(calls)
+
+
 def pipeline_costs(setting, draws):
     """Microseconds per call of what path (1) does on the host before the model runs: the sampler's draw of a
     batch's indices, make_batch, the copy to the device (pinned, non-blocking; nothing on the CPU)."""
@@ -844,6 +997,16 @@ def print_section(title, section, device):
         print("ours_compiled, times as fast as: " + ", ".join(compiled))
 
 
+def print_group_section(title, section, device):
+    print_section(title, section, device)
+    paths = section["paths"]
+    print("problem steps/s: " + ", ".join(f"{name} {p['problem_steps_per_s']:.3f}" for name, p in paths.items())
+          + "; encoder passes per batch: " + ", ".join(f"{name} {p['encoder_passes_per_batch']}"
+                                                      for name, p in paths.items()))
+    print("time per batch: " + ", ".join(f"{key} {ratio:.2f}x (best {section['time_ratios_best'][key]:.2f}x)"
+                                         for key, ratio in section["time_ratios"].items()))
+
+
 def projection(results):
     """Hours for the seed's 60,000-step run at the measured training speeds, and SPEC 9's V100 anchor."""
     paths = results.get("train", {}).get("paths", {})
@@ -911,6 +1074,9 @@ def parse_args(argv=None):
     parser.add_argument("--vocab_file", default=None, help="BERT vocab.txt (default: MiniLM's, if installed)")
     parser.add_argument("--cache_dir", default=None, help="feature cache of the timed sections (default: the "
                                                           "training scripts' cache, $EMBERT_CACHE or ~/.cache/embert)")
+    parser.add_argument("--problems_data_dir", default=str(DEFAULT_PROBLEMS_DATA_DIR),
+                        help="the group section's data: the directory holding pku199801/199801.txt (default "
+                             "../shared)")
     parser.add_argument("--workers", type=int, default=glue_processors.available_cpus(),
                         help="tokenizer processes of the data section's parallel run (default: every CPU)")
     parser.add_argument("--synthetic_mnli", action="store_true",
@@ -974,18 +1140,20 @@ def main(argv=None):
 
     titles = {"train": "train: one optimizer step", "fwdbwd": "forward+backward (no optimizer)",
               "eval": f"eval: forward only, batch {args.eval_batch_size}", "gated": "Gated-BERT train: one step",
-              "pals": "PALs train: one step, beside EmBERT's (ours)"}
+              "pals": "PALs train: one step, beside EmBERT's (ours)",
+              "group": f"group train: {'&'.join(GROUP_PROBLEMS)} against {GROUP_PROBLEMS[0]} alone and the three "
+                       "one by one"}
 
     def report_sections(*keys):
         """Print what a section measured as soon as it is done, and write every number so far to --json (a run
         cut short still leaves its finished sections)."""
         for key in keys:
             if key in report:
-                print_section(titles[key], report[key], device)
+                (print_group_section if key == "group" else print_section)(titles[key], report[key], device)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
-    timed_sections = [s for s in args.sections if s != "data"]
-    if timed_sections:
+    glue_sections = [s for s in args.sections if s not in ("group", "data")]  # on the GLUE batches
+    if glue_sections:
         train_sets = [load_features(args.data_dir, t, "train", args.vocab_file, True, MAX_SEQ_LENGTH,
                                     cache_dir=args.cache_dir) for t in BENCH_TASKS]
         setting = Setting(device, multitask.AUTOCAST_DTYPES.get(precision), train_sets, args.eval_batch_size)
@@ -1010,6 +1178,11 @@ def main(argv=None):
         if "pals" in args.sections:
             report["pals"] = pals_section(args, setting, config, peak)
             report_sections("pals")
+    if "group" in args.sections:
+        group = group_section(args, device, precision, config, peak)
+        if group is not None:
+            report["group"] = group
+            report_sections("group")
     if "data" in args.sections:
         report["data"] = data_section(args)
 

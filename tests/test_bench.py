@@ -1,5 +1,6 @@
 """bench.py: its FLOP count against SPEC 9, the GPU peak table, the batches it draws, its ratios, and a smoke run of
-every section (not timed: 2 warm-up + 2 timed steps of the tiny config on real GLUE rows).
+every section (not timed: 2 warm-up + 2 timed steps of the tiny config on real GLUE rows); the group section on the
+first lines of the real People's Daily file.
 
 The original code's computations that its path (2) runs are tested in tests/test_original_reference.py.
 """
@@ -12,7 +13,7 @@ import bench
 import modeling
 import modeling_gated
 import modeling_pals
-from conftest import fixture_glue_dir, minilm_dir, require
+from conftest import ROOT, fixture_glue_dir, minilm_dir, require
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
 
@@ -24,6 +25,9 @@ GATED_LENGTH = 12  # the gated tiny model's max_seq_length
 # SPEC 9: training BERT-base at length 128 costs about 0.52 GFLOP per token.
 BASE_GFLOP_PER_TOKEN = 0.52
 SPEC_ROUNDING = 0.01  # SPEC 9 gives two digits
+# The group section's test: the first lines (paragraphs) of People's Daily, enough for several batches of 32 rows.
+PEOPLE_DAILY = ROOT.parent / "shared" / "pku199801" / "199801.txt"
+PEOPLE_DAILY_LINES = 60
 METRICS = ("steps_per_s", "sequences_per_s", "real_tokens_per_s", "real_tokens_per_batch", "padded_tokens_per_batch",
            "model_tflops_per_s")
 
@@ -68,6 +72,19 @@ def test_pals_flops_count_the_batch_tasks_pal_in_every_layer():
     assert flops.per_token == bench.FlopModel.of(plain).per_token + TINY["num_hidden_layers"] * one_pal
     assert flops.hidden == TINY["hidden_size"] + 18  # the PAL's attention beside the layer's
     assert flops.per_sequence == bench.FlopModel.of(plain).per_sequence
+
+
+def test_group_step_flops_count_each_head_on_what_it_reads():
+    model = modeling.BertForMultiTask(modeling.BertConfig(**TINY), [4, 3], ["seq_tag", "multi_cls"], num_groups=1)
+    lengths = torch.tensor([5, 9, 7])
+    tagger, types = (sum(p.numel() for p in head.parameters()) for head in model.classifier)
+    per_parameter = bench.TRAIN_FLOPS_PER_PARAMETER
+    one, both = (bench.problem_step_flops(model, heads, lengths) for heads in ([0], [0, 1]))
+    # The second head adds its own work only (no second encoder pass): per sequence, as it reads the pooled output.
+    assert both - one == per_parameter * types * len(lengths)
+    # A seq_tag head runs on every real token; the encoder and pooler part is FlopModel's.
+    encoder = bench.FlopModel.of(model).batch_flops(1, lengths, training=True) - per_parameter * types * len(lengths)
+    assert one == encoder + per_parameter * tagger * int(lengths.sum())
 
 
 @pytest.mark.parametrize("name,peak", [
@@ -126,7 +143,7 @@ def test_smoke_every_section(tmp_path, capsys):
                          "--sections", ",".join(bench.SECTIONS), "--eval_examples", "16", "--eval_batch_size", "8",
                          "--data_dir", str(fixture_glue_dir()), "--vocab_file", str(vocab),
                          "--cache_dir", str(tmp_path / "cache"), "--workers", "2", "--profile", "1",
-                         "--json", str(out)])
+                         "--problems_data_dir", str(tmp_path / "no_people_daily"), "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
     for section, paths in (("train", ("ours", "original", "transformers")),
@@ -159,6 +176,52 @@ def test_smoke_every_section(tmp_path, capsys):
     printed = capsys.readouterr().out
     for title in ("== train: one optimizer step ==", "== forward+backward (no optimizer) ==", "== data: "):
         assert title in printed
+    # Without People's Daily the group section says so in one line and leaves no entry.
+    assert "group" not in saved
+    assert [line for line in printed.splitlines() if "group section skipped" in line] == [
+        f"note: group section skipped: People's Daily is not at "
+        f"{tmp_path / 'no_people_daily' / 'pku199801' / '199801.txt'} (--problems_data_dir)"]
+
+
+def test_group_section_on_real_people_daily(tmp_path, capsys):
+    require(PEOPLE_DAILY.is_file(), f"needs People's Daily in {PEOPLE_DAILY.parent}")
+    data_dir = tmp_path / "data"
+    (data_dir / "pku199801").mkdir(parents=True)
+    lines = PEOPLE_DAILY.read_text(encoding="utf-8").splitlines(keepends=True)[:PEOPLE_DAILY_LINES]
+    (data_dir / "pku199801" / "199801.txt").write_text("".join(lines), encoding="utf-8")
+    out = tmp_path / "bench.json"
+    report = bench.main(["--device", "cpu", "--model", "tiny", "--sections", "group", "--warmup", "1", "--steps", "2",
+                         "--repeats", "2", "--problems_data_dir", str(data_dir),
+                         "--vocab_file", str(minilm_dir() / "vocab.txt"), "--cache_dir", str(tmp_path / "cache"),
+                         "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    group = saved["group"]
+    paths = group["paths"]
+    assert set(paths) == {"group", "single", "three_singles"}
+    for name, path in paths.items():
+        for metric in (*METRICS, "problem_steps_per_s"):
+            assert path[metric] > 0, (name, metric)
+        assert len(path["seconds_per_round"]) == 2
+    # One encoder pass for the & group's three problems, as for one problem; three for the three one by one.
+    assert {name: p["encoder_passes_per_batch"] for name, p in paths.items()} == {
+        "group": 1, "single": 1, "three_singles": 3}
+    # The same batches on every path: the same tokens per encoder pass.
+    assert len({p["real_tokens_per_batch"] for p in paths.values()}) == 1
+    assert len({p["padded_tokens_per_batch"] for p in paths.values()}) == 1
+    # A group step trains three problems; three_singles takes three optimizer steps per batch, one problem each.
+    assert paths["group"]["problem_steps_per_s"] == pytest.approx(3 * paths["group"]["steps_per_s"])
+    assert paths["three_singles"]["problem_steps_per_s"] == pytest.approx(paths["three_singles"]["steps_per_s"])
+    assert paths["three_singles"]["sequences_per_s"] == pytest.approx(
+        paths["three_singles"]["steps_per_s"] * bench.BATCH_SIZE)
+    rounds = {name: p["seconds_per_round"] for name, p in paths.items()}
+    expected = sorted(t / g for t, g in zip(rounds["three_singles"], rounds["group"]))
+    assert group["time_ratios"]["three_singles/group"] == pytest.approx(sum(expected) / 2)  # median of two rounds
+    assert set(group["time_ratios"]) == set(group["time_ratios_best"]) == {"group/single", "three_singles/group"}
+    assert all(ratio > 0 for ratio in group["time_ratios_best"].values())
+    assert group["problems"] == ["pku_cws", "pku_ner", "pku_entity_types"] and group["train_examples"] > 0
+    printed = capsys.readouterr().out
+    assert "== group train: pku_cws&pku_ner&pku_entity_types" in printed and "three_singles/group" in printed
 
 
 def test_bad_sections_flag_is_a_clear_error(capsys):
