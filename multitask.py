@@ -259,7 +259,8 @@ def check_best_model_metric(name, tasks):
 
 
 class TaskSampler:
-    """Which task each optimizer step trains, and which examples each batch holds (SPEC 6.2).
+    """Which task (or & group: a group is sampled as one task, by its examples' count) each optimizer step trains,
+    and which examples each batch holds (SPEC 6.2).
 
     Everything drawn is a pure function of the seed, the epoch and per-task counters: a resumed run draws what an
     uninterrupted one would, and every DDP rank draws the same without communicating. Each task's examples form an
