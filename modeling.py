@@ -361,13 +361,11 @@ class BertForMultiTask(nn.Module):
         if heads is None:
             kind = self.problem_types[task_id]
             per_token = HEAD_INPUTS[kind] == "tokens"
-            hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
-                                       packed_output=per_token)
+            hidden, pooled = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token)
             logits = self.classifier[task_id](self.dropout(hidden if per_token else pooled))  # hidden: (N, H) packed
             return logits, None if labels is None else LOSSES[kind](logits, labels)
         per_token = any(HEAD_INPUTS[self.problem_types[h]] == "tokens" for h in heads)
-        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
-                                   packed_output=per_token)
+        hidden, pooled = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token)
         all_logits, losses = [], []
         for i, head in enumerate(heads):
             kind = self.problem_types[head]
@@ -375,6 +373,19 @@ class BertForMultiTask(nn.Module):
             all_logits.append(logits)
             losses.append(None if labels is None else LOSSES[kind](logits, labels[i]))
         return all_logits, losses
+
+    def encode(self, input_ids, token_type_ids, attention_mask, task_id, token_index, per_token):
+        """The encoder's pooled output and, for a per-token head, the real tokens' states (N, H). When the layers run
+        padded (Gated-BERT, and --compile's CUDA graphs, which need fixed shapes) the encoder returns (B, T, H) and
+        the real tokens are gathered here, outside it, so a graph never sees the batch's varying token count."""
+        packed_output = per_token and self.bert.pack_tokens
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
+                                   packed_output=packed_output)
+        if per_token and not packed_output:
+            if token_index is None:
+                token_index = attention_mask.flatten().nonzero().squeeze(1)
+            hidden = hidden.reshape(-1, hidden.shape[-1])[token_index]  # (N, H)
+        return hidden, pooled
 
     def shape_hint(self, state):
         """Name the config setting a checkpoint's shape mismatch most likely comes from ("" if none)."""
