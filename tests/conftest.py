@@ -61,6 +61,21 @@ def minilm_embert_config(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def vocab_file(tmp_path, request):
+    """The calling test module's TINY_VOCAB (a deliberately odd little vocabulary) as a vocab.txt."""
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(request.module.TINY_VOCAB) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tokenizer(vocab_file):
+    """A FullTokenizer over `vocab_file`."""
+    from tokenization import FullTokenizer
+    return FullTokenizer(vocab_file)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a test module of tiny tensors: a thread pool only adds waiting to them (and a busy

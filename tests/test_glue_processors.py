@@ -16,7 +16,6 @@ from glue_processors import (
     convert_examples_to_features, default_cache_dir, feature_cache_path, glue_score, load_examples, load_features,
     make_batch, missing_files, resolve_tasks, task_file, task_score, truncated_pair_lengths,
 )
-from tokenization import FullTokenizer
 
 # Official GLUE sizes (SPEC section 3) of the files in ../shared/glue.
 OFFICIAL_SIZES = {
@@ -43,17 +42,6 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
               "want", "##want", "##ed", "un", "runn", "##ing", "low", "##est", ",", "."]
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
 
-
-@pytest.fixture
-def vocab_file(tmp_path):
-    path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def tokenizer(vocab_file):
-    return FullTokenizer(vocab_file)
 
 
 def write_task_file(data_dir, task, split, text):

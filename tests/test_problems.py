@@ -30,17 +30,6 @@ PAD, UNK, CLS, SEP = 0, 1, 2, 3
 ID = {token: i for i, token in enumerate(TINY_VOCAB)}
 
 
-@pytest.fixture
-def vocab_file(tmp_path):
-    path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def tokenizer(vocab_file):
-    return FullTokenizer(vocab_file)
-
 
 @pytest.fixture(scope="module")
 def user_problems():
