@@ -17,6 +17,9 @@ Files written to --output_dir (rank 0 only, every write atomic):
   eval_results.jsonl   per evaluation: epoch, global_step, scores {task: {metric: value}}, task_scores, glue_score, best
   best_model.pth       state dict of the model with the best dev score (the final model without --do_eval)
   last_checkpoint.pth  model, optimizer, scheduler, sampler, RNG states and step: --resume continues from it
+  tensorboard/         --report_to tensorboard: the same curves as event files
+Problems joined by & in --tasks form a group: one task row (task embedding, gate, PAL) and one sampler unit, its
+problems' heads reading one encoder pass; args.json and config.json then record the groups ("task_groups").
 Epochs: the JSON lines' "epoch" is the 0-based index of the epoch; everything a person reads (console, train.log,
 progress bars) numbers epochs from 1. Exit status: 0 when the run finished, 130 after Ctrl-C (SIGINT) and 143 after
 SIGTERM once the resumable checkpoint is saved (the shell's 128 + signal number).
