@@ -470,19 +470,22 @@ def problem_path(name, model, setting, plan, loss_weights):
     scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
     scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)  # as ours_runner
     tally = multitask.LossTally.zeros(len(setting.train_sets), device)
+    weights = [torch.tensor([loss_weights[h] for h in step_members(task_id, heads)], device=device)
+               for task_id, heads in plan]  # on the device once, as multitask.main does
 
     def batch(head, indices):
         return glue_processors.make_batch(setting.train_sets[head], indices, pad_multiple=multitask.PAD_MULTIPLE)
 
     def train_step(draw):
-        for task_id, heads in plan:
+        for (task_id, heads), step_weights in zip(plan, weights):
             members = step_members(task_id, heads)
             inputs = batch(members[0], draw.indices)
             if heads is not None:
-                inputs["group_labels"] = [multitask.batch_labels(batch(h, draw.indices)) for h in heads]
+                inputs["group_labels"] = [multitask.example_labels(setting.train_sets[h], draw.indices)
+                                          for h in heads]
             tally.add(members, multitask.training_step(
                 model, model, [multitask.to_device(inputs, device)], task_id, optimizer, scheduler, scaler,
-                setting.autocast_dtype, heads=heads, loss_weights=[loss_weights[h] for h in members]))
+                setting.autocast_dtype, heads=heads, loss_weights=step_weights))
 
     return ProblemPath(name, model, plan, train_step)
 

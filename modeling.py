@@ -470,6 +470,11 @@ def safetensors_size(path):
     return SAFETENSORS_LENGTH_BYTES + header_length + max(ends, default=0)
 
 
+def _starts_with(path, magic):
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
 def unreadable(path, fmt, error):
     """A one-line ValueError for a checkpoint file its reader rejected: truncated (with sizes) or damaged."""
     size = path.stat().st_size
@@ -480,7 +485,7 @@ def unreadable(path, fmt, error):
             return ValueError(f"checkpoint {path} is a damaged safetensors file (its header is not valid JSON)")
         if size < expected:
             return ValueError(f"checkpoint {path} is truncated: {size} of {expected} bytes")
-    elif not zipfile.is_zipfile(path) and path.read_bytes()[:len(ZIP_MAGIC)] == ZIP_MAGIC:
+    elif not zipfile.is_zipfile(path) and _starts_with(path, ZIP_MAGIC):
         return ValueError(f"checkpoint {path} is truncated: {size} bytes of a PyTorch zip archive whose end (the zip "
                           "directory) is missing")
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

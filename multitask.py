@@ -73,13 +73,13 @@ EPOCH_MODEL = "model_epoch_{}.pth"  # Gated-BERT keeps the model of every epoch,
 REPORT_DIR = "tensorboard"  # --report_to tensorboard: the event files
 # Every file or folder a training run writes: what --overwrite_output_dir may remove, and nothing else.
 RUN_FILES = (ARGS_FILE, CONFIG_FILE, VOCAB_FILE, TEXT_LOG, TRAIN_LOG, EVAL_LOG, BEST_MODEL, LAST_CHECKPOINT)
-RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"), ".*.tmp")
+RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"),)  # and a killed write's .*.tmp, removed at every start
 # --metric_for_best_model's default: the mean of the tasks' scores (the GLUE score).
 MEAN_SCORE = "mean"
 # Arguments a resumed run must share with the run it continues.
 RESUME_INVARIANTS = ("tasks", "problems", "sample", "seed", "train_batch_size", "gradient_accumulation_steps",
-                     "learning_rate", "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer", "max_seq_length",
-                     "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps", "weight_decay", "eval_steps",
+                     "learning_rate", "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer",
+                     "max_seq_length", "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps", "weight_decay", "eval_steps",
                      "max_train_samples", "max_eval_samples", "metric_for_best_model")
 # Arguments holding paths: stored absolute in args.json, so a run directory works from any working directory.
 PATH_ARGUMENTS = ("data_dir", "vocab_file", "bert_config_file", "init_checkpoint", "output_dir", "cache_dir",
@@ -1024,8 +1024,8 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
     (no host sync). `net` is the model or its DistributedDataParallel wrapper, which syncs on the last micro-batch.
 
     An & group: `heads` (head indices) read one encoder pass of task row `task_id`, each batch holds their labels
-    as "group_labels", and the step's loss is the sum of their losses times `loss_weights`; returns each head's mean
-    loss, (len(heads),)."""
+    as "group_labels", and the step's loss is the sum of their losses times `loss_weights` ((len(heads),) on the
+    device); returns each head's mean loss, (len(heads),)."""
     device_type = next(model.parameters()).device.type
     total = 0.0
     for i, batch in enumerate(batches):
@@ -1040,7 +1040,7 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
                 _, losses = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
                                 batch["group_labels"], token_index=batch["token_index"], heads=heads)
                 tallied = torch.stack(losses) / len(batches)  # (k,)
-                loss = (tallied * torch.tensor(loss_weights, device=tallied.device)).sum()
+                loss = (tallied * loss_weights).sum()
         scaler.scale(loss).backward()
         total = total + tallied.detach()
     for p in frozen:
@@ -1052,6 +1052,14 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def example_labels(features, indices):
+    """A problem's labels of the examples at `indices`, as make_batch gives them: per example, or per real token
+    (seq_tag), packed in the model's token order."""
+    if features.labels is not None:
+        return features.labels[indices]
+    return features.token_labels[packed_positions(features, indices)]
 
 
 def batch_labels(batch):
@@ -1074,9 +1082,10 @@ class LossTally:
         return cls(torch.zeros(num_tasks + 1, device=device), [0] * num_tasks)
 
     def add(self, heads, losses):
-        """losses: (len(heads),) or a 0-dim tensor for one head, as training_step returns."""
-        self.sums[heads] += losses
-        for head in heads:
+        """losses: (len(heads),) or a 0-dim tensor for one head, as training_step returns. One plain index per head:
+        indexing with a list would copy it to the device every step."""
+        for i, head in enumerate(heads):
+            self.sums[head] += losses if losses.ndim == 0 else losses[i]
             self.steps[head] += 1
 
 
@@ -1162,6 +1171,9 @@ def main(args, method):
     # ---------------------------------------------------------------- training loop
     stop = StopRequest()
     tally = LossTally.zeros(len(run.tasks), run.device)
+    # Each group's loss_weights, on the device once (a tensor built in the step would be a host-to-device copy).
+    group_weights = [torch.tensor([run.heads[h].loss_weight for h in group], device=run.device)
+                     for group in run.groups]
     micro_batches = args.gradient_accumulation_steps
     model.train()
     stopping = False
@@ -1188,14 +1200,12 @@ def main(args, method):
                         batch = glue_processors.make_batch(train_sets[heads[0]], mine, pad_to=run.pad_to,
                                                            pad_multiple=PAD_MULTIPLE)
                         if run.chained:  # the same inputs (check_same_inputs): only the labels differ
-                            batch["group_labels"] = [batch_labels(glue_processors.make_batch(
-                                train_sets[h], mine, pad_to=run.pad_to, pad_multiple=PAD_MULTIPLE)) for h in heads]
+                            batch["group_labels"] = [example_labels(train_sets[h], mine) for h in heads]
                         batches.append(to_device(batch, run.device))
                     frozen = method.frozen_parameters(model, group, epoch) if method.frozen_parameters else ()
-                    weights = [run.heads[h].loss_weight for h in heads]
                     tally.add(heads, training_step(net, model, batches, group, optimizer, scheduler, scaler,
                                                    run.autocast_dtype, frozen, heads if run.chained else None,
-                                                   weights))
+                                                   group_weights[group]))
                     progress.global_step += 1
                     bar.update()
                     end_of_epoch = i == epoch_steps - 1
