@@ -104,8 +104,10 @@ class SplitFormat:
 
 
 # What a problem predicts; each type decides its labels' encoding, head, loss, metrics and prediction file
-# (problems.TYPES). GLUE rows are "cls", except STS-B ("regression").
-PROBLEM_TYPES = ("cls", "regression", "multi_cls", "seq_tag")
+# (problems.TYPES). GLUE rows are "cls", except STS-B ("regression"). The last two learn from text alone: masked LM
+# ("mask_lm") and BERT's pre-training, masked LM plus next-sentence prediction ("pretrain").
+PROBLEM_TYPES = ("cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain")
+LM_TYPES = ("mask_lm", "pretrain")
 # How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
 # accuracy, say), as the original code did; other problems use their first metric.
 SCORE_RULES = ("mean", "first")
@@ -132,15 +134,19 @@ class Problem:
     default_label: str | None = None  # predicted for every example when the model has no head for it (WNLI: "0")
     score_rule: str = "first"  # one of SCORE_RULES
     loss_weight: float = 1.0  # this problem's loss is multiplied by it in a step that trains several ("&")
+    inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
 
     def __post_init__(self):
         if self.type not in PROBLEM_TYPES:
             raise ValueError(
                 f"problem {self.name}: unknown type {self.type!r}; expected one of {', '.join(PROBLEM_TYPES)}"
             )
-        if (self.labels is None) != (self.type == "regression"):
+        unlabelled = self.type == "regression" or self.type in LM_TYPES
+        if (self.labels is None) != unlabelled:
             raise ValueError(f"problem {self.name}: a {self.type} problem "
-                             f"{'has no labels' if self.type == 'regression' else 'needs its list of labels'}")
+                             f"{'has no labels' if unlabelled else 'needs its list of labels'}")
+        if self.inputs_of is not None and self.type != "mask_lm":
+            raise ValueError(f"problem {self.name}: inputs_of is for mask_lm problems, not {self.type}")
         if self.label_scale is not None and (self.type != "regression" or not self.label_scale > 0):
             raise ValueError(f"problem {self.name}: label_scale must be a positive number, and only for regression")
         if self.score_rule not in SCORE_RULES:
@@ -155,7 +161,10 @@ class Problem:
 
     @property
     def num_labels(self):
-        """Outputs of the problem's head: 1 for regression, one per label otherwise."""
+        """Outputs of the problem's own head: 1 for regression, one per label otherwise, none for mask_lm and
+        pretrain (their head is BERT's pre-training heads, shared)."""
+        if self.type in LM_TYPES:
+            return 0
         return 1 if self.labels is None else len(self.labels)
 
     @property

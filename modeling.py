@@ -303,19 +303,76 @@ class BertModel(nn.Module):
         return hidden_states, self.pooler(hidden_states[first_tokens])
 
 
+NSP_CLASSES = 2  # next-sentence prediction: B follows A, or not
+IGNORE_INDEX = -100  # a token without a label (glue_processors.IGNORE_INDEX): F.cross_entropy's default ignore_index
+
+
+class BertLMPredictionHead(nn.Module):
+    """BERT's masked-LM head: dense, activation, LayerNorm, then the word-embedding matrix (tied, so no decoder weight
+    of its own: the checkpoints' `cls.predictions.decoder.weight` is a copy of the embeddings) plus a bias per word."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.transform = nn.Module()
+        self.transform.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.activation = ACTIVATIONS[config.hidden_act]
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states, word_embeddings):  # (M, H), (V, H) -> (M, V)
+        hidden_states = self.transform.LayerNorm(self.activation(self.transform.dense(hidden_states)))
+        return F.linear(hidden_states, word_embeddings, self.bias)
+
+
+class BertPreTrainingHeads(nn.Module):
+    """`cls` of a BERT checkpoint: the masked-LM head and, for "pretrain" problems, next-sentence prediction (2 logits
+    from the pooled output: 0 = B follows A, 1 = B is a random sentence)."""
+
+    def __init__(self, config, next_sentence):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        if next_sentence:
+            self.seq_relationship = nn.Linear(config.hidden_size, NSP_CLASSES)
+
+
+def _token_loss(logits, labels, denominator=None):
+    """Cross-entropy summed over the labelled tokens (label -100, glue_processors.IGNORE_INDEX, is no loss) and divided
+    by `denominator`: by default this batch's count of labelled tokens (its mean; 0 when it has none, where a mean
+    would be NaN). A training step passes the count of the whole step's batch per micro-batch and process
+    (multitask.token_denominators), so that the step's loss is the mean over all its tokens however the batch is split
+    between micro-batches and processes: N processes then train exactly as one."""
+    total = F.cross_entropy(logits.float(), labels, reduction="sum")
+    if denominator is None:
+        denominator = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / denominator
+
+
 # What a problem's type decides in the model (problems.TYPES decides the rest: labels, metrics, prediction files):
-# the encoder output its head reads, "pooled" (the [CLS] state through the pooler, (B, H)) or "tokens" (the states of
-# the real tokens, packed row-major, (N, H)), and its loss on the head's logits. google-research/bert's create_model
-# shape: the encoder returns states, a head per problem turns them into logits and a loss.
-HEAD_INPUTS = {"cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens"}
+# the encoder output its head reads, "pooled" (the [CLS] state through the pooler, (B, H)), "tokens" (the states of
+# the real tokens, packed row-major, (N, H)) or "masked" (the states of the M masked tokens, (M, H), through the
+# masked-LM head; "pretrain" also reads the pooled output for next-sentence prediction), and its loss on the head's
+# logits, (logits, labels, denominator) -> loss, where a per-token loss divides its sum by `denominator` (_token_loss;
+# per-example losses are means over the batch's examples, which every micro-batch has equally many of).
+# google-research/bert's create_model shape: the encoder returns states, a head per problem turns them into logits
+# and a loss.
+HEAD_INPUTS = {"cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens",
+               "mask_lm": "masked", "pretrain": "masked"}
 LOSSES = {
-    "cls": lambda logits, labels: F.cross_entropy(logits.float(), labels),  # labels (B,) class index
-    "regression": lambda logits, labels: F.mse_loss(logits.float().squeeze(-1), labels.float()),  # (B,) target
-    "multi_cls": lambda logits, labels: F.binary_cross_entropy_with_logits(logits.float(), labels.float()),  # (B, L)
-    # (N,) per packed token. [CLS], [SEP] and non-first word pieces are labelled -100 (glue_processors.IGNORE_INDEX,
-    # cross_entropy's default ignore_index): no loss there, and padding is never a class (bert-multitask-learning's bug)
-    "seq_tag": lambda logits, labels: F.cross_entropy(logits.float(), labels),
+    "cls": lambda logits, labels, denominator=None: F.cross_entropy(logits.float(), labels),  # labels (B,) class index
+    # labels (B,): the target
+    "regression": lambda logits, labels, denominator=None: F.mse_loss(logits.float().squeeze(-1), labels.float()),
+    # labels (B, L): multi-hot
+    "multi_cls": lambda logits, labels, denominator=None: F.binary_cross_entropy_with_logits(logits.float(),
+                                                                                             labels.float()),
+    # (N,) per packed token. [CLS], [SEP] and non-first word pieces are labelled -100: no loss there, and padding is
+    # never a class (bert-multitask-learning's bug)
+    "seq_tag": _token_loss,
+    "mask_lm": _token_loss,  # logits (M, V), labels (M,): the original ids of the masked tokens
+    # logits ((M, V), (B, 2)), labels ((M,), (B,)): BERT's pre-training loss, masked LM plus next sentence
+    "pretrain": lambda logits, labels, denominator=None: (_token_loss(logits[0], labels[0], denominator)
+                                                          + F.cross_entropy(logits[1].float(), labels[1])),
 }
+LM_TYPES = ("mask_lm", "pretrain")  # problems whose head is `cls` (no classifier.N of their own)
 
 
 def glue_problem_types(num_labels_per_task):
@@ -348,31 +405,46 @@ class BertForMultiTask(nn.Module):
         self.problem_types = problem_types
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.ModuleList(nn.Linear(config.hidden_size, n) for n in num_labels_per_task)
+        # classifier.N is problem N's head; a masked-LM or pre-training problem's slot holds no parameters (its head
+        # is the shared `cls`, BERT's pre-training heads), so every other head keeps its index and its name.
+        self.classifier = nn.ModuleList(nn.Identity() if kind in LM_TYPES else nn.Linear(config.hidden_size, n)
+                                        for n, kind in zip(num_labels_per_task, problem_types))
+        if any(kind in LM_TYPES for kind in problem_types):
+            self.cls = BertPreTrainingHeads(config, next_sentence="pretrain" in problem_types)
         self.apply(partial(init_weights, std=config.initializer_range))
 
-    def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None, heads=None):
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None, heads=None,
+                masked_index=None, denominators=None):
         """Logits of head `task_id`, and its loss when labels are given (else None). A "pooled" head gives
         (B, num_labels) logits for labels (B,) or (B, L); a "tokens" head (N, num_labels) for the N real tokens in
-        row-major order, labels (N,) (make_batch's token_labels). token_index: optional, see BertModel.forward.
+        row-major order, labels (N,) (make_batch's token_labels); a masked-LM head (M, vocab_size) for the M masked
+        tokens at `masked_index` (positions among the N packed tokens, (M,)), labels (M,) their original ids, and a
+        pre-training head the pair ((M, vocab_size), (B, 2)) for labels ((M,), (B,)). token_index: optional, see
+        BertModel.forward. denominators: what a per-token loss divides its sum by (see _token_loss; default: its
+        count of labelled tokens, a mean).
 
         heads: the heads of a group (list of head indices) reading one encoder pass of task row `task_id`; then the
-        logits, the labels (when given) and the losses are lists, one per head."""
-        if heads is None:
-            kind = self.problem_types[task_id]
-            per_token = HEAD_INPUTS[kind] == "tokens"
-            hidden, pooled = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token)
-            logits = self.classifier[task_id](self.dropout(hidden if per_token else pooled))  # hidden: (N, H) packed
-            return logits, None if labels is None else LOSSES[kind](logits, labels)
-        per_token = any(HEAD_INPUTS[self.problem_types[h]] == "tokens" for h in heads)
+        logits, the labels (when given), the denominators (when given) and the losses are lists, one per head."""
+        kinds = [self.problem_types[h] for h in ([task_id] if heads is None else heads)]
+        per_token = any(HEAD_INPUTS[kind] != "pooled" for kind in kinds)
         hidden, pooled = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token)
-        all_logits, losses = [], []
-        for i, head in enumerate(heads):
-            kind = self.problem_types[head]
-            logits = self.classifier[head](self.dropout(hidden if HEAD_INPUTS[kind] == "tokens" else pooled))
-            all_logits.append(logits)
-            losses.append(None if labels is None else LOSSES[kind](logits, labels[i]))
+        if heads is None:
+            logits = self.head_logits(task_id, hidden, pooled, masked_index)
+            return logits, None if labels is None else LOSSES[kinds[0]](logits, labels, denominators)
+        all_logits = [self.head_logits(head, hidden, pooled, masked_index) for head in heads]
+        denominators = denominators or [None] * len(heads)
+        losses = [None if labels is None else LOSSES[kind](logits, labels[i], denominators[i])
+                  for i, (kind, logits) in enumerate(zip(kinds, all_logits))]
         return all_logits, losses
+
+    def head_logits(self, head, hidden, pooled, masked_index):
+        """One head's logits from the encoder's outputs: hidden (N, H) packed (for heads not on "pooled"), pooled
+        (B, H)."""
+        kind = self.problem_types[head]
+        if kind in LM_TYPES:  # BERT's pre-training heads read the states as they are (no dropout of their own)
+            words = self.cls.predictions(hidden[masked_index], self.bert.embeddings.word_embeddings.weight)
+            return words if kind == "mask_lm" else (words, self.cls.seq_relationship(pooled))
+        return self.classifier[head](self.dropout(hidden if HEAD_INPUTS[kind] == "tokens" else pooled))
 
     def encode(self, input_ids, token_type_ids, attention_mask, task_id, token_index, per_token):
         """The encoder's pooled output and, for a per-token head, the real tokens' states (N, H). When the layers run
@@ -420,8 +492,11 @@ BERT_PARAMETER = re.compile(
     r"|encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.(dense|LayerNorm)"
     r"|intermediate\.dense|output\.(dense|LayerNorm))"
     r"|pooler\.dense)\.(weight|bias)")
-# Keys a checkpoint may hold that no model here uses: pre-training heads and position-id buffers.
-IGNORED_KEY = re.compile(r"(^|\.)(cls\.|position_ids$)")
+# Keys a checkpoint may hold that no model here uses: position-id buffers and the masked-LM decoder's weight (a copy
+# of the word embeddings, to which our head is tied).
+IGNORED_KEY = re.compile(r"(^|\.)(position_ids|cls\.predictions\.decoder\.weight)$")
+# The masked-LM output bias: Hugging Face's files hold it twice (decoder.bias is tied to predictions.bias).
+LM_BIAS_KEYS = ("cls.predictions.decoder.bias", "cls.predictions.bias")
 # Prefixes left by wrappers: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # File names looked for, in this order, when --init_checkpoint is a directory.
@@ -541,7 +616,9 @@ def map_key(key):
     # Google BERT converted the old way, and the original EmBERT code, name LayerNorm parameters gamma and beta.
     key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
     key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
-    if not key.startswith(("bert.", "classifier.")):  # a bare encoder's state dict (no "bert." prefix)
+    if key == LM_BIAS_KEYS[0]:
+        key = LM_BIAS_KEYS[1]
+    if not key.startswith(("bert.", "classifier.", "cls.")):  # a bare encoder's state dict (no "bert." prefix)
         key = "bert." + key
     return key
 
@@ -549,6 +626,13 @@ def map_key(key):
 def map_state_dict(raw):
     """A checkpoint's tensors under our parameter names (keys no model here uses dropped)."""
     return {name: value for key, value in raw.items() if (name := map_key(key)) is not None}
+
+
+def unused_pretraining_heads(model, state):
+    """The checkpoint's `cls.*` keys (BERT's pre-training heads) that `model` has no place for: a model without
+    mask_lm / pretrain problems, or without next-sentence prediction, does not use them."""
+    own = model.state_dict()
+    return [key for key in state if key.startswith("cls.") and key not in own]
 
 
 def load_pretrained(model, path, require_all=False):
@@ -567,6 +651,8 @@ def load_pretrained(model, path, require_all=False):
 def load_mapped_state(model, state, source, require_all=False):
     """`load_pretrained` for a state dict already under our names (`map_state_dict`); `source` names it in errors."""
     own = model.state_dict()
+    unused = set(unused_pretraining_heads(model, state))
+    state = {key: value for key, value in state.items() if key not in unused}
     unexpected = sorted(set(state) - set(own))
     if unexpected:
         if any(k.startswith("classifier.") for k in unexpected):

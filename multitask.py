@@ -20,6 +20,8 @@ Files written to --output_dir (rank 0 only, every write atomic):
   tensorboard/         --report_to tensorboard: the same curves as event files
 Problems joined by & in --tasks form a group: one task row (task embedding, gate, PAL) and one sampler unit, its
 problems' heads reading one encoder pass; args.json and config.json then record the groups ("task_groups").
+A mask_lm or pretrain problem is a group of its own: its batches are masked afresh each step (from the seed, the step
+and the micro-batch, so a resumed run masks exactly as the interrupted one), its dev set once with DEV_MASKING_SEED.
 Epochs: the JSON lines' "epoch" is the 0-based index of the epoch; everything a person reads (console, train.log,
 progress bars) numbers epochs from 1. Exit status: 0 when the run finished, 130 after Ctrl-C (SIGINT) and 143 after
 SIGTERM once the resumable checkpoint is saved (the shell's 128 + signal number).
@@ -53,6 +55,7 @@ import optimization
 import problems
 import reporting
 import tokenization
+from glue_processors import IGNORE_INDEX, LM_TYPES
 from modeling import BERT_PARAMETER, HEAD_INPUTS, load_mapped_state, map_state_dict, read_state_dict
 
 # The BERT-and-PALs recipe (SPEC 6.2): an "epoch" is 300 optimizer steps per task.
@@ -76,11 +79,14 @@ RUN_FILES = (ARGS_FILE, CONFIG_FILE, VOCAB_FILE, TEXT_LOG, TRAIN_LOG, EVAL_LOG, 
 RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"),)  # and a killed write's .*.tmp, removed at every start
 # --metric_for_best_model's default: the mean of the tasks' scores (the GLUE score).
 MEAN_SCORE = "mean"
+# The dev sets of mask_lm / pretrain problems are masked once with this seed (not --seed): every epoch and every run
+# scores the same masked tokens.
+DEV_MASKING_SEED = 0
 # Arguments a resumed run must share with the run it continues.
 RESUME_INVARIANTS = ("tasks", "problems", "sample", "seed", "train_batch_size", "gradient_accumulation_steps",
                      "learning_rate", "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer",
-                     "max_seq_length", "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps", "weight_decay", "eval_steps",
-                     "max_train_samples", "max_eval_samples", "metric_for_best_model")
+                     "max_seq_length", "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps",
+                     "weight_decay", "eval_steps", "max_train_samples", "max_eval_samples", "metric_for_best_model")
 # Arguments holding paths: stored absolute in args.json, so a run directory works from any working directory.
 PATH_ARGUMENTS = ("data_dir", "vocab_file", "bert_config_file", "init_checkpoint", "output_dir", "cache_dir",
                   "problems")
@@ -546,17 +552,18 @@ def build_model(method, config, tasks, state=None, source=None, require_all=Fals
     return model, fresh
 
 
-def model_config_record(config, method_name, tasks, max_seq_length, do_lower_case, groups=None):
+def model_config_record(config, method_name, tasks, max_seq_length, do_lower_case, groups=None, user_problems=None):
     """config.json: the model config plus what rebuilds the model and its tokenizer from the run directory: the
     problems (Problem objects) in head order, their labels, the groups trained together ("task_groups", names, when
-    --tasks joined some with &), and the records of those not predefined (the user's), so that the directory predicts
-    on its own."""
+    --tasks joined some with &), and the records of those not predefined (the user's, X_mlm, and the user problems
+    whose inputs an X_mlm reads), so that the directory predicts on its own."""
     record = {**config.to_dict(), "model": method_name, "task_names": [t.name for t in tasks],
               "task_labels": {t.name: list(t.labels) if t.labels else None for t in tasks},
               "max_seq_length": max_seq_length, "do_lower_case": do_lower_case}
     if groups is not None:
         record["task_groups"] = groups
-    user = {t.name: t.to_record() for t in tasks if t.name not in problems.PROBLEMS}
+    sources = [problems.get_problem(t.inputs_of, user_problems) for t in tasks if t.inputs_of is not None]
+    user = {t.name: t.to_record() for t in [*tasks, *sources] if t.name not in problems.PROBLEMS}
     if user:
         record["problems"] = user
     return record
@@ -612,16 +619,66 @@ def evaluate(model, eval_sets, tasks, batch_size, device, autocast_dtype, pad_to
     for name, split, features in eval_sets:
         head = list(by_name).index(name)
         task_id, head = (head, None) if group_of is None else (group_of[head], head)
-        logits = predict(model, features, task_id, batch_size, device, autocast_dtype, pad_to, desc=f"eval {name}",
-                         head=head)
-        predictions = problems.predictions_from_logits(by_name[name], logits)
+        if by_name[name].type in LM_TYPES:  # dev features masked once (load_data): sums over their masked tokens
+            predictions = lm_statistics(model, features, task_id, batch_size, device, autocast_dtype, pad_to,
+                                        desc=f"eval {name}", head=head)
+        else:
+            logits = predict(model, features, task_id, batch_size, device, autocast_dtype, pad_to,
+                             desc=f"eval {name}", head=head)
+            predictions = problems.predictions_from_logits(by_name[name], logits)
         scores.setdefault(name, {}).update(problems.problem_metrics(by_name[name], split, predictions, features))
     return scores, mean_score(scores, by_name)
 
 
+@torch.no_grad()
+def lm_statistics(model, features, task_id, batch_size, device, autocast_dtype=None, pad_to=None, desc=None,
+                  head=None):
+    """A mask_lm / pretrain problem's sums over masked features (problems.mask_tokens): masked tokens, their summed
+    cross-entropy and correct predictions; pretrain also pairs and correct next-sentence predictions. Python numbers,
+    from one host sync at the end (problems.problem_metrics turns them into accuracy and perplexity)."""
+    was_training = model.training
+    model.eval()
+    head_id = task_id if head is None else head
+    pretrain = model.problem_types[head_id] == "pretrain"
+    sums = torch.zeros(len(LM_STATISTICS), dtype=torch.float64, device=device)
+    order = torch.argsort(features.lengths, descending=True, stable=True)  # similar lengths: little padding
+    for start in tqdm(range(0, len(features), batch_size), desc=desc, leave=False, disable=desc is None):
+        batch = to_device(with_masked_positions(glue_processors.make_batch(
+            features, order[start:start + batch_size], pad_to=pad_to, pad_multiple=PAD_MULTIPLE)), device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                              token_index=batch["token_index"], heads=None if head is None else [head],
+                              masked_index=batch["masked_index"])
+            logits = logits if head is None else logits[0]
+        words, labels = (logits[0] if pretrain else logits).float(), batch["masked_labels"]  # (M, V), (M,)
+        batch_sums = [labels.numel(), torch.nn.functional.cross_entropy(words, labels, reduction="sum"),
+                      (words.argmax(-1) == labels).sum()]
+        if pretrain:
+            batch_sums += [len(batch["labels"]), (logits[1].argmax(-1) == batch["labels"]).sum()]
+        for i, value in enumerate(batch_sums):
+            sums[i] += value
+    model.train(was_training)
+    return dict(zip(LM_STATISTICS, sums.tolist()))
+
+
+LM_STATISTICS = ("masked", "loss", "correct", "pairs", "next_correct")
+
+
+def with_masked_positions(batch):
+    """A batch of masked features (problems.mask_tokens): in place of the per-token labels, where the M masked
+    tokens sit among the N packed ones, "masked_index" (M,), and their original ids, "masked_labels" (M,); computed
+    on the host, so the model needs no sync to find them."""
+    token_labels = batch.pop("token_labels")
+    batch["masked_index"] = (token_labels != IGNORE_INDEX).nonzero().squeeze(1)
+    batch["masked_labels"] = token_labels[batch["masked_index"]]
+    return batch
+
+
 def mean_score(scores, by_name):
-    """The mean over problems of each one's score (problems.problem_score): the GLUE score on GLUE's tasks."""
-    return sum(problems.problem_score(by_name[t], m) for t, m in scores.items()) / len(scores)
+    """The mean over problems of each one's score (problems.problem_score): the GLUE score on GLUE's tasks. mask_lm
+    and pretrain problems count only when there are no others (then it is minus their mean dev loss)."""
+    kept = {t: m for t, m in scores.items() if by_name[t].type not in LM_TYPES} or scores
+    return sum(problems.problem_score(by_name[t], m) for t, m in kept.items()) / len(kept)
 
 
 def format_scores(scores, overall, label="GLUE"):
@@ -702,6 +759,7 @@ class Run:
     user_problems: dict = None  # --problems: name -> Problem
     heads: list = None  # the run's problems (Problem objects), in head order
     groups: list = None  # head indices of each group (--tasks a&b|c: [[0, 1], [2]]): sampled, one task row each
+    masking: problems.Masking | None = None  # the vocabulary's special tokens, for mask_lm / pretrain problems
     reporter: object = dataclasses.field(default_factory=reporting.NullReporter)  # --report_to, on rank 0
 
     @property
@@ -799,6 +857,8 @@ def check_inputs(run):
         config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
         config = configure_model(method, config, args.max_seq_length, args.h_aug)
         check_model_inputs(config, args.vocab_file, args.max_seq_length, args.bert_config_file)
+        if any(t.type in LM_TYPES for t in run.heads):
+            run.masking = problems.Masking.from_vocab(tokenization.load_vocab(args.vocab_file))
     except (OSError, ValueError) as err:
         fail(str(err))
     if method.name == "embert" and not _declares_our_attn(args.bert_config_file):
@@ -841,7 +901,10 @@ def load_data(run):
                                                   num_workers=args.num_workers, user_problems=run.user_problems)
         except (OSError, ValueError) as err:  # a malformed file: its name and line are in the message
             fail(str(err))
-        return first_examples(data, limit)
+        data = first_examples(data, limit)
+        if split != "train" and task.type in LM_TYPES:
+            data = problems.mask_tokens(data, run.masking, problems.seeded_generator(DEV_MASKING_SEED))
+        return data
 
     if run.distributed and not run.is_main:
         dist.barrier()
@@ -934,7 +997,7 @@ def prepare_output_dir(run, resuming):
         if not resuming:
             save_json(run.resolved, output_dir / ARGS_FILE)
             save_json(model_config_record(run.config, run.method.name, run.heads, run.args.max_seq_length,
-                                          run.args.do_lower_case, run.resolved.get("task_groups")),
+                                          run.args.do_lower_case, run.resolved.get("task_groups"), run.user_problems),
                       output_dir / CONFIG_FILE)
             shutil.copyfile(run.args.vocab_file, output_dir / VOCAB_FILE)
     run.barrier()
@@ -988,11 +1051,14 @@ def save_checkpoint(run, model, optimizer, scheduler, scaler, sampler, progress)
 
 
 def best_model_score(scores, overall, name, by_name):
-    """The value --metric_for_best_model names in one evaluation's scores."""
+    """The value --metric_for_best_model names in one evaluation's scores (higher is better: a perplexity counts
+    negated)."""
     if name == MEAN_SCORE:
         return overall
     task, _, metric = name.partition("/")
-    return scores[task][metric] if metric else problems.problem_score(by_name[task], scores[task])
+    if not metric:
+        return problems.problem_score(by_name[task], scores[task])
+    return -scores[task][metric] if metric in problems.LOWER_IS_BETTER else scores[task][metric]
 
 
 def run_evaluation(run, model, eval_sets, progress, epoch):
@@ -1017,7 +1083,7 @@ def run_evaluation(run, model, eval_sets, progress, epoch):
 
 
 def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, autocast_dtype=None, frozen=(),
-                  heads=None, loss_weights=None):
+                  heads=None, loss_weights=None, denominators=None):
     """One optimizer step of one task: forward and backward over its micro-batches (make_batch dicts on the model's
     device; the gradient is their mean), the `frozen` parameters' gradients dropped (no update at all: the optimizers
     skip parameters without one), unscale (fp16), clip, update, schedule. Returns the mean loss as a device tensor
@@ -1025,7 +1091,8 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
 
     An & group: `heads` (head indices) read one encoder pass of task row `task_id`, each batch holds their labels
     as "group_labels", and the step's loss is the sum of their losses times `loss_weights` ((len(heads),) on the
-    device); returns each head's mean loss, (len(heads),)."""
+    device); returns each head's mean loss, (len(heads),). `denominators`: the per-token losses' (token_denominators;
+    one per head in a group); None: each micro-batch's mean."""
     device_type = next(model.parameters()).device.type
     total = 0.0
     for i, batch in enumerate(batches):
@@ -1034,11 +1101,13 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
                 torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             if heads is None:
                 _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                              batch_labels(batch), token_index=batch["token_index"])
+                              batch_labels(batch), token_index=batch["token_index"],
+                              masked_index=batch.get("masked_index"), denominators=denominators)
                 loss = tallied = loss / len(batches)
             else:
                 _, losses = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                                batch["group_labels"], token_index=batch["token_index"], heads=heads)
+                                batch["group_labels"], token_index=batch["token_index"], heads=heads,
+                                masked_index=batch.get("masked_index"), denominators=denominators)
                 tallied = torch.stack(losses) / len(batches)  # (k,)
                 loss = (tallied * loss_weights).sum()
         scaler.scale(loss).backward()
@@ -1054,6 +1123,53 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
     return total
 
 
+def training_batch(run, train_sets, heads, indices, masking_seeds):
+    """This process's micro-batch, on the device, of the group `heads`: its slice of the `indices` every process drew
+    (N processes train on what one would). A mask_lm / pretrain problem's drawn examples are masked together, by a
+    generator seeded with `masking_seeds` (seed, step, micro-batch): the same masks with any number of processes,
+    and again after --resume.
+
+    Also returns, per head, how many labelled tokens all processes' examples hold (None for a per-example head): what
+    token_denominators needs, known here on the host with no communication."""
+    data, problem = train_sets[heads[0]], run.heads[heads[0]]
+    mine = slice(run.rank * run.micro_batch, (run.rank + 1) * run.micro_batch)
+    if problem.type in LM_TYPES:  # a group of its own (problems.resolve_groups)
+        drawn = problems.mask_tokens(take_examples(data, indices), run.masking,
+                                     problems.seeded_generator(*masking_seeds))
+        batch = to_device(with_masked_positions(glue_processors.make_batch(
+            drawn, torch.arange(len(indices))[mine], pad_to=run.pad_to, pad_multiple=PAD_MULTIPLE)), run.device)
+        if run.chained:
+            batch["group_labels"] = [batch_labels(batch)]
+        return batch, [int((drawn.token_labels != IGNORE_INDEX).sum())]
+    batch = glue_processors.make_batch(data, indices[mine], pad_to=run.pad_to, pad_multiple=PAD_MULTIPLE)
+    if run.chained:  # the same inputs (check_same_inputs): only the labels differ
+        batch["group_labels"] = [example_labels(train_sets[h], indices[mine]) for h in heads]
+    counts = [None if train_sets[h].token_labels is None
+              else int((example_labels(train_sets[h], indices) != IGNORE_INDEX).sum()) for h in heads]
+    return to_device(batch, run.device), counts
+
+
+def token_denominators(counts, world_size):
+    """Per head, what each micro-batch's per-token loss divides its sum by: the step's labelled tokens (over every
+    micro-batch and process) per micro-batch and process, so that the gradient, averaged over micro-batches
+    (training_step) and processes (DistributedDataParallel), is that of the mean over all the step's tokens: N
+    processes or K micro-batches train exactly as one batch. None for a per-example head (a plain mean). counts: per
+    micro-batch, training_batch's per-head counts."""
+    shares = len(counts) * world_size
+    return [None if column[0] is None else max(sum(column), 1) / shares for column in zip(*counts)]
+
+
+def take_examples(features, indices):
+    """The examples at `indices` as Features of their own: ids, segments and per-example labels (what masking and
+    make_batch read)."""
+    lengths = features.lengths[indices]
+    offsets = torch.zeros(len(indices) + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    return glue_processors.Features(input_ids=features.input_ids[packed_positions(features, indices)],
+                                    offsets=offsets, segment_a_len=features.segment_a_len[indices],
+                                    labels=None if features.labels is None else features.labels[indices])
+
+
 def example_labels(features, indices):
     """A problem's labels of the examples at `indices`, as make_batch gives them: per example, or per real token
     (seq_tag), packed in the model's token order."""
@@ -1064,7 +1180,10 @@ def example_labels(features, indices):
 
 def batch_labels(batch):
     """What the head's loss compares with: per-example labels, or per-token ones (seq_tag: make_batch's
-    token_labels, packed as the model's tokens)."""
+    token_labels, packed as the model's tokens); mask_lm the masked tokens' ids, pretrain those and the
+    next-sentence labels (with_masked_positions)."""
+    if "masked_labels" in batch:
+        return batch["masked_labels"] if "labels" not in batch else (batch["masked_labels"], batch["labels"])
     return batch["labels"] if "labels" in batch else batch["token_labels"]
 
 
@@ -1193,19 +1312,17 @@ def main(args, method):
                 for i in range(first_step, epoch_steps):
                     group = schedule[i]  # one task row; its problems' heads
                     heads = run.groups[group]
-                    batches = []
-                    for _ in range(micro_batches):
-                        indices = sampler.next_indices(group, run.micro_batch * run.world_size)
-                        mine = indices[run.rank * run.micro_batch:(run.rank + 1) * run.micro_batch]
-                        batch = glue_processors.make_batch(train_sets[heads[0]], mine, pad_to=run.pad_to,
-                                                           pad_multiple=PAD_MULTIPLE)
-                        if run.chained:  # the same inputs (check_same_inputs): only the labels differ
-                            batch["group_labels"] = [example_labels(train_sets[h], mine) for h in heads]
-                        batches.append(to_device(batch, run.device))
+                    draws = [training_batch(run, train_sets, heads,
+                                            sampler.next_indices(group, run.micro_batch * run.world_size),
+                                            masking_seeds=(args.seed, progress.global_step, micro))
+                             for micro in range(micro_batches)]
+                    batches = [batch for batch, _ in draws]
                     frozen = method.frozen_parameters(model, group, epoch) if method.frozen_parameters else ()
+                    denominators = token_denominators([counts for _, counts in draws], run.world_size)
                     tally.add(heads, training_step(net, model, batches, group, optimizer, scheduler, scaler,
                                                    run.autocast_dtype, frozen, heads if run.chained else None,
-                                                   group_weights[group]))
+                                                   group_weights[group],
+                                                   denominators if run.chained else denominators[0]))
                     progress.global_step += 1
                     bar.update()
                     end_of_epoch = i == epoch_steps - 1

@@ -27,11 +27,14 @@ sentence, `[CLS] pieces of the words [SEP]`: a sentence longer than max_seq_leng
 rows at word boundaries, never truncated or dropped, so every word of the file gets exactly one prediction (on its
 first piece). Features.sentence / first_word / word_starts map the rows back to the file's words.
 """
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
+import math
 import os
+import random
 import re
 import tempfile
 from collections.abc import Callable
@@ -46,9 +49,9 @@ from sklearn import metrics as sk_metrics
 
 import glue_processors
 from glue_processors import (
-    FEATURE_FORMAT_VERSION, IGNORE_INDEX, PROBLEM_TYPES, TASK_ALIASES, TASKS, Example, Features, Problem, SplitFormat,
-    cached_features, class_label_tensor, compute_metrics, default_cache_dir, load_features, pack_texts, score_tensor,
-    task_score,
+    FEATURE_FORMAT_VERSION, IGNORE_INDEX, LM_TYPES, PROBLEM_TYPES, TASK_ALIASES, TASKS, Example, Features, Problem,
+    SplitFormat, cached_features, class_label_tensor, compute_metrics, default_cache_dir, load_features, pack_texts,
+    score_tensor, task_score,
 )
 from tokenization import FullTokenizer
 
@@ -73,7 +76,7 @@ REGRESSION_DIGITS = 6
 PREDICTION_HEADER = "index\tprediction"
 # The user's problem names become file names and, in a later issue, parts of the --tasks grammar (& | ,).
 PROBLEM_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
-USER_FORMATS = ("tsv", "jsonl", "conll")
+USER_FORMATS = ("tsv", "jsonl", "conll", "text")
 CONLL_DOCSTART = "-DOCSTART-"
 DEFAULT_LABEL_SEPARATOR = ","
 # seq_tag labels read as spans: word-segmentation tags b/m/e/s (seqeval reads them as B/I/E/S of one type), or
@@ -122,7 +125,24 @@ class PkuSplit:
     tags: str  # a key of PKU_TAGGERS
 
 
-SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit)}
+@dataclass(frozen=True)
+class TextSplit:
+    """Plain text. mask_lm: one text per line; pretrain: one sentence per line, a blank line between documents."""
+    format: ClassVar[str] = "text"
+    file: str
+
+
+@dataclass(frozen=True)
+class PkuDocumentsSplit:
+    """People's Daily 1998 as documents (pretrain): a paragraph (a line of 199801.txt) is a document of sentences
+    split as the other PKU problems split them; the train or dev paragraphs."""
+    format: ClassVar[str] = "pku_documents"
+    file: str
+    part: str  # "train" or "dev"
+
+
+SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
+                                             PkuDocumentsSplit)}
 
 
 @dataclass(slots=True)
@@ -230,6 +250,9 @@ def _pku_problem(name, tags, type, labels, metrics):
 
 SPAN_METRICS = ("f1", "precision", "recall")
 MULTI_LABEL_METRICS = ("micro_f1", "macro_f1", "exact_match")
+MASK_LM_METRICS = ("acc", "perplexity")  # on the masked tokens
+PRETRAIN_METRICS = ("mlm_acc", "nsp_acc", "perplexity")  # perplexity: the masked LM's
+LOWER_IS_BETTER = ("perplexity",)
 PKU_PROBLEMS = {
     "pku_cws": _pku_problem("pku_cws", "cws", "seq_tag", ("b", "m", "e", "s"), SPAN_METRICS),
     "pku_pos": _pku_problem("pku_pos", "pos", "seq_tag", tuple(f"{position}-{pos}" for pos in PKU_POS_TAGS
@@ -238,10 +261,24 @@ PKU_PROBLEMS = {
                             (OUTSIDE_TAG, "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"), SPAN_METRICS),
     "pku_entity_types": _pku_problem("pku_entity_types", "entity_types", "multi_cls", ("PER", "LOC", "ORG", "TIME"),
                                      MULTI_LABEL_METRICS),
+    "pku_pretrain": Problem("pku_pretrain", PKU_DIRECTORY,
+                            {part: PkuDocumentsSplit(PKU_FILE, part) for part in ("train", "dev")}, None,
+                            {"dev": PRETRAIN_METRICS}, type="pretrain"),
 }
 
-# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS) and People's Daily's.
+# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS) and People's Daily's. Every
+# problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
 PROBLEMS = {**TASKS, **PKU_PROBLEMS}
+MLM_SUFFIX = "_mlm"
+
+
+def mlm_problem(source):
+    """X_mlm: masked LM on the inputs of problem X (its train and dev splits; its labels unused)."""
+    if source.type in LM_TYPES:
+        raise ValueError(f"{source.name} is already a {source.type} problem; {source.name}{MLM_SUFFIX} is not defined")
+    splits = {split: fmt for split, fmt in source.splits.items() if split == "train" or split in source.dev_splits}
+    return Problem(source.name + MLM_SUFFIX, source.directory, splits, None,
+                   {split: MASK_LM_METRICS for split in source.dev_splits}, type="mask_lm", inputs_of=source.name)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,16 +291,24 @@ def canonical_problem_name(name, user_problems=None):
     key = TASK_ALIASES.get(key, key)
     if key in PROBLEMS or key in (user_problems or {}):
         return key
+    base = key.removesuffix(MLM_SUFFIX)
+    if base != key and (TASK_ALIASES.get(base, base) in PROBLEMS or base in (user_problems or {})):
+        return TASK_ALIASES.get(base, base) + MLM_SUFFIX
     valid = [*PROBLEMS, *(user_problems or {})]
-    raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(valid)} (also {', '.join(TASK_ALIASES)})")
+    raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(valid)} (also {', '.join(TASK_ALIASES)}, and "
+                     f"X{MLM_SUFFIX}: masked LM on the inputs of problem X)")
 
 
 def get_problem(problem, user_problems=None):
-    """A `Problem`, given one or its name (predefined, or in `user_problems` from read_problems_file)."""
+    """A `Problem`, given one or its name (predefined, X_mlm, or in `user_problems` from read_problems_file)."""
     if isinstance(problem, Problem):
         return problem
     name = canonical_problem_name(problem, user_problems)
-    return PROBLEMS[name] if name in PROBLEMS else user_problems[name]
+    if name in PROBLEMS:
+        return PROBLEMS[name]
+    if name in (user_problems or {}):
+        return user_problems[name]
+    return mlm_problem(get_problem(name.removesuffix(MLM_SUFFIX), user_problems))
 
 
 def resolve_problems(spec, task_id=None, user_problems=None):
@@ -300,6 +345,10 @@ def resolve_groups(spec, task_id=None, user_problems=None):
                 raise ValueError(f"--tasks {spec!r}: {name} has no training data{where}")
             seen.add(name)
             group.append(name)
+        masked = [name for name in group if get_problem(name, user_problems).type in LM_TYPES]
+        if masked and len(group) > 1:
+            raise ValueError(f"--tasks {spec!r}: {masked[0]} masks its inputs, so it cannot share a batch with "
+                             f"{[name for name in group if name != masked[0]][0]}: chain it with | instead of &")
         groups.append(group)
     return groups
 
@@ -375,7 +424,7 @@ def _tsv_columns(path, fmt, split, header_line):
     for i, name in enumerate(header):
         columns.setdefault(name, i)
     wanted = [*fmt.text, *([fmt.index] if fmt.index and split == "test" else [])]
-    if split != "test" or fmt.label in columns:  # a test file may lack the labels
+    if fmt.label is not None and (split != "test" or fmt.label in columns):  # a test file may lack the labels
         wanted.append(fmt.label)
     absent = [name for name in wanted if name not in columns]
     if absent:
@@ -418,7 +467,7 @@ def _read_jsonl(problem, split, fmt, path):
             raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        keys = [*fmt.text, *([fmt.label] if split != "test" else []),
+        keys = [*fmt.text, *([fmt.label] if split != "test" and fmt.label is not None else []),
                 *([fmt.index] if fmt.index and split == "test" else [])]
         absent = [key for key in keys if key not in record]
         if absent:
@@ -426,7 +475,8 @@ def _read_jsonl(problem, split, fmt, path):
         texts = [record[key] for key in fmt.text]
         if not all(isinstance(text, str) for text in texts):
             raise ValueError(f"{where}: text keys {list(fmt.text)} must hold strings")
-        label = _text_label(record[fmt.label], context, where) if fmt.label in record else None
+        label = _text_label(record[fmt.label], context, where) if fmt.label is not None and fmt.label in record \
+            else None
         index = (str(record[fmt.index]) if fmt.index else str(len(examples))) if split == "test" else None
         examples.append(Example(f"{problem.name}-{split}-{number}", texts[0], texts[1] if len(texts) > 1 else None,
                                 label, index))
@@ -485,7 +535,67 @@ def _read_conll(problem, split, fmt, path):
     return sentences, lines_of
 
 
-READERS = {"tsv": _read_tsv, "jsonl": _read_jsonl, "conll": _read_conll, "pku": _read_pku}
+def _read_text(problem, split, fmt, path):
+    """mask_lm: an example per non-blank line. pretrain: documents (blank-line separated) -> sentence pairs."""
+    lines = [(number, line.strip()) for number, line in _decoded_lines(path)]
+    if problem.type == "pretrain":
+        documents, document = [], []
+        for number, line in lines:
+            if line:
+                document.append((number, line))
+            elif document:
+                documents.append(document)
+                document = []
+        documents += [document] if document else []
+        return next_sentence_examples(problem, split, documents, path), None
+    examples = [Example(f"{problem.name}-{split}-{number}", line, None, None) for number, line in lines if line]
+    if not examples:
+        raise ValueError(f"{path} has no text (expected one text per line)")
+    return examples, None
+
+
+def _read_pku_documents(problem, split, fmt, path):
+    paragraphs = {}  # line number -> [(line number, sentence text), ...]: pku_sentences numbers a sentence by its line
+    for line_number, words in pku_sentences(path):
+        paragraphs.setdefault(line_number, []).append((line_number, "".join(word for word, _ in words)))
+    documents = [document for j, document in enumerate(paragraphs.values())
+                 if (j % PKU_DEV_EVERY == PKU_DEV_REMAINDER) == (fmt.part == "dev")]
+    return next_sentence_examples(problem, split, documents, path), None
+
+
+# Next-sentence pairs as BERT's pre-training data: B is the sentence after A, or (this share of the pairs) a random
+# sentence of another document. Drawn once, from a fixed seed, when a split's features are built: every run and epoch
+# sees the same pairs (BERT's create_pretraining_data with one duplicate), while the masking varies per step.
+NSP_RANDOM_SHARE = 0.5
+NSP_PAIRS_SEED = 12345
+NSP_IS_NEXT, NSP_RANDOM = 0, 1  # the pretrain problem's NSP labels, cls.seq_relationship's output order
+
+
+def next_sentence_examples(problem, split, documents, source):
+    """documents: [[(line number, sentence), ...], ...] -> one pair per sentence that has a next one in its document:
+    Example(text_a=sentence, text_b=the next one (label NSP_IS_NEXT) or a random other document's (NSP_RANDOM))."""
+    if len(documents) < 2:
+        raise ValueError(f"{source}: {problem.name} ({split}) needs at least two documents (separated by a blank line) "
+                         f"to draw random next sentences from; found {len(documents)}")
+    rng = random.Random(NSP_PAIRS_SEED)
+    examples = []
+    for d, document in enumerate(documents):
+        for (number, sentence), (_, following) in zip(document, document[1:]):
+            if rng.random() < NSP_RANDOM_SHARE:
+                other = rng.randrange(len(documents) - 1)
+                other += other >= d  # any document but this one
+                text_b, label = rng.choice(documents[other])[1], NSP_RANDOM
+            else:
+                text_b, label = following, NSP_IS_NEXT
+            examples.append(Example(f"{problem.name}-{split}-{number}-{len(examples)}", sentence, text_b, label))
+    if not examples:
+        raise ValueError(f"{source}: {problem.name} ({split}): no document has two sentences (one sentence per line, "
+                         "a blank line between documents)")
+    return examples
+
+
+READERS = {"tsv": _read_tsv, "jsonl": _read_jsonl, "conll": _read_conll, "pku": _read_pku, "text": _read_text,
+           "pku_documents": _read_pku_documents}
 
 
 # Labels listed in an error message; a longer list (pku_pos has 176) is cut, with its length.
@@ -499,6 +609,8 @@ def _shown(labels):
 
 def _check_labels(problem, split, path, examples, lines_of):
     """Every label of a dev/test (and train) split must be one of the problem's: an error names file, line, label."""
+    if problem.type in LM_TYPES:  # labels made from the text itself
+        return
     if problem.type == "regression":
         if problem.label_scale is not None:
             for example, number in zip(examples, lines_of):
@@ -686,6 +798,11 @@ def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, m
     GLUE rows go through glue_processors.load_features (the same features and cache files as before).
     """
     problem = get_problem(problem, user_problems)
+    if problem.inputs_of is not None:  # X_mlm: X's token ids (and its cache), unlabelled
+        problem.split_format(split)
+        data = load_problem_features(problem.inputs_of, split, data_dir, vocab_file, do_lower_case, max_seq_length,
+                                     cache_dir, num_workers, user_problems)
+        return Features(input_ids=data.input_ids, offsets=data.offsets, segment_a_len=data.segment_a_len, labels=None)
     if isinstance(problem.split_format(split), SplitFormat):
         return load_features(data_dir, problem, split, vocab_file, do_lower_case, max_seq_length, cache_dir=cache_dir,
                              num_workers=num_workers)
@@ -725,7 +842,7 @@ def _seq_tag_metric_names(labels):
 def predictions_from_logits(problem, logits):
     """Logits of one split -> predictions: cls (N,) class index; regression (N,) value (in label / label_scale
     units); multi_cls (N, L) bool; seq_tag: logits per packed token (total tokens, L) -> (total tokens,) label id."""
-    return TYPES[get_problem(problem).type].predict(logits)
+    return TYPES[predicted(problem).type].predict(logits)
 
 
 def sentence_tags(problem, features, token_values):
@@ -786,16 +903,20 @@ def problem_metrics(problem, split, predictions, features):
     if split not in problem.metrics:
         raise ValueError(f"problem {problem.name} has no metrics for split {split!r}; its dev splits: "
                          f"{list(problem.metrics)}")
-    if features.labels is None and features.token_labels is None:
+    if features.labels is None and features.token_labels is None and problem.type not in LM_TYPES:
         raise ValueError(f"{problem.name} {split}: the features have no labels to score against")
     return TYPES[problem.type].metrics(problem, split, predictions, features)
 
 
 def problem_score(problem, metrics):
-    """One problem's score for the best-model choice: GLUE rows the mean of their metrics, others the first."""
+    """One problem's score for the best-model choice: GLUE rows the mean of their metrics, others the first; a masked
+    LM's is minus its dev loss (-ln perplexity: higher is better)."""
     if not metrics:
         raise ValueError("problem_score needs at least one metric")
-    if get_problem(problem).score_rule == "mean":
+    problem = get_problem(problem)
+    if problem.type in LM_TYPES:
+        return -math.log(metrics["perplexity"])
+    if problem.score_rule == "mean":
         return task_score(metrics)
     return next(iter(metrics.values()))
 
@@ -819,7 +940,7 @@ def prediction_strings(problem, predictions):
 
 def prediction_file_name(problem, split):
     """<name>.tsv / <name>.conll; <name>-<split>.<ext> for a problem with several splits of that kind (MNLI)."""
-    problem = get_problem(problem)
+    problem = predicted(problem)
     kind = "dev" if split.startswith("dev") else "test" if split.startswith("test") else split
     several = len(problem.expand_splits(kind)) > 1
     return f"{problem.name}{f'-{split}' if several else ''}{TYPES[problem.type].file_suffix}"
@@ -866,21 +987,115 @@ def _write_conll(problem, split, predictions, features, path, data_dir):
 
 def write_predictions(problem, split, predictions, features, path, data_dir):
     """Write one split's predictions (from predictions_from_logits) to `path` (name: prediction_file_name)."""
-    problem = get_problem(problem)
+    problem = predicted(problem)
     TYPES[problem.type].write(problem, split, predictions, features, path, data_dir)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masked LM and pre-training
+# ----------------------------------------------------------------------------------------------------------------
+
+# BERT's masking (google-research/bert, create_pretraining_data.py): MASK_RATE of each text's word pieces are
+# predicted (rounded, at least one), never [CLS] or [SEP] (padding is not in the packed features at all); of those,
+# MASK_TOKEN_SHARE become [MASK], RANDOM_TOKEN_SHARE a word piece drawn uniformly from the whole vocabulary, the rest
+# stay as they are.
+MASK_RATE = 0.15
+MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.8, 0.1
+MASK_TOKEN = "[MASK]"
+NEVER_MASKED = ("[CLS]", "[SEP]", "[PAD]")
+
+
+@dataclass(frozen=True)
+class Masking:
+    """What masking needs from the vocabulary."""
+    mask_id: int
+    special_ids: tuple  # never chosen
+    vocab_size: int  # random replacements are ids in [0, vocab_size)
+
+    @classmethod
+    def from_vocab(cls, vocab):
+        """From a tokenization.load_vocab dict; an error names a missing special token."""
+        missing = [token for token in (MASK_TOKEN, *NEVER_MASKED[:2]) if token not in vocab]
+        if missing:
+            raise ValueError(f"the vocabulary has no {missing[0]} token, which masked LM needs")
+        return cls(vocab[MASK_TOKEN], tuple(vocab[token] for token in NEVER_MASKED if token in vocab), len(vocab))
+
+
+def mask_tokens(features, masking, generator):
+    """Features with BERT's masking applied: input_ids masked, token_labels the original id at each chosen position
+    and IGNORE_INDEX elsewhere (the other fields, NSP labels included, kept). Every draw comes from `generator`, so a
+    seeded generator gives the same masking on any machine and batch split.
+
+    Per text, exactly round(MASK_RATE x its maskable pieces) are chosen (at least one when it has any): a random key per
+    token, the non-maskable ones keyed last, and each text's k smallest keys chosen, with one sort for all texts.
+    """
+    ids = features.input_ids.long()  # (n,) packed, every text's tokens in a row
+    n, lengths = ids.numel(), features.lengths
+    text_of = torch.repeat_interleave(torch.arange(len(features)), lengths)  # (n,)
+    maskable = ~torch.isin(ids, torch.tensor(masking.special_ids))
+    per_text = torch.zeros(len(features), dtype=torch.int64).index_add_(0, text_of, maskable.long())
+    chosen_per_text = torch.where(per_text > 0, torch.round(per_text * MASK_RATE).long().clamp(min=1), 0)
+    # Keys in [0, 1) for maskable tokens, 1 for the others; + 2 x text number keeps each text's tokens together. float64
+    # holds the sum exactly enough (2 x 10^7 texts still leave 30 bits of the fraction).
+    keys = torch.rand(n, generator=generator, dtype=torch.float64)
+    keys = torch.where(maskable, keys, 1.0) + 2.0 * text_of
+    order = torch.argsort(keys)
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[order] = torch.arange(n) - features.offsets[:-1][text_of]  # sorted, text t's tokens sit at its offsets
+    chosen = rank < chosen_per_text[text_of]
+    action = torch.rand(n, generator=generator)
+    random_ids = torch.randint(masking.vocab_size, (n,), generator=generator)
+    masked = torch.where(chosen & (action < MASK_TOKEN_SHARE), masking.mask_id,
+                         torch.where(chosen & (action < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE), random_ids, ids))
+    return dataclasses.replace(features, input_ids=masked.to(features.input_ids.dtype),
+                               token_labels=torch.where(chosen, ids, IGNORE_INDEX))
+
+
+def seeded_generator(*seeds):
+    """A CPU generator seeded from a tuple of integers (the run's seed, the step, the micro-batch): the same stream
+    wherever and however often it is made, which is what makes masking resume bit-identically."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(seeds)).generate_state(1, np.uint64)[0]))
+
+
+def _encode_next_sentence(problem, examples, features):
+    """int64 [N]: NSP_IS_NEXT or NSP_RANDOM per pair."""
+    return torch.tensor([example.label for example in examples], dtype=torch.int64), None
+
+
+def _lm_metrics(problem, split, statistics, features):
+    """From lm statistics (sums over the masked tokens and pairs of a whole split): accuracy in percent on the masked
+    tokens (and on next-sentence prediction), and the masked LM's perplexity, exp(mean cross-entropy)."""
+    if not statistics["masked"]:
+        raise ValueError(f"{problem.name} {split}: no token was masked (are the texts empty?)")
+    accuracy = 100.0 * statistics["correct"] / statistics["masked"]
+    perplexity = math.exp(statistics["loss"] / statistics["masked"])
+    if problem.type == "mask_lm":
+        return {"acc": accuracy, "perplexity": perplexity}
+    return {"mlm_acc": accuracy, "nsp_acc": 100.0 * statistics["next_correct"] / statistics["pairs"],
+            "perplexity": perplexity}
+
+
+def predicted(problem):
+    """The Problem, when it has predictions (every type but mask_lm and pretrain); a ValueError otherwise."""
+    problem = get_problem(problem)
+    if problem.type in LM_TYPES:
+        raise ValueError(f"{problem.name} is a {problem.type} problem: it is scored on its masked tokens "
+                         "(problem_metrics), with no predictions or prediction file")
+    return problem
 
 
 @dataclass(frozen=True)
 class ProblemType:
     """Everything data-side that a problem's type decides (what its head reads and its loss: modeling.HEAD_INPUTS and
-    modeling.LOSSES)."""
+    modeling.LOSSES). mask_lm and pretrain are scored from sums over their masked tokens (multitask.lm_statistics)
+    and write no prediction file."""
     encode_labels: Callable  # (problem, examples, features) -> (Features.labels, Features.token_labels)
     default_metrics: Callable  # labels -> metric names for a user problem's dev split
-    predict: Callable  # logits -> predictions
-    metrics: Callable  # (problem, split, predictions, features) -> {metric: percent}
-    write: Callable  # (problem, split, predictions, features, path, data_dir) -> None
-    file_suffix: str  # of the prediction file
+    predict: Callable | None  # logits -> predictions
+    metrics: Callable  # (problem, split, predictions (LM: statistics), features) -> {metric: value}
+    write: Callable | None  # (problem, split, predictions, features, path, data_dir) -> None
+    file_suffix: str | None  # of the prediction file
 
 
 TYPES = {
@@ -893,6 +1108,9 @@ TYPES = {
                              _multi_label_metrics, _write_rows, ".tsv"),
     "seq_tag": ProblemType(_encode_token_labels, _seq_tag_metric_names, lambda logits: logits.argmax(-1),
                            _tag_metrics, _write_conll, ".conll"),
+    "mask_lm": ProblemType(lambda problem, examples, features: (None, None), lambda labels: MASK_LM_METRICS,
+                           None, _lm_metrics, None, None),
+    "pretrain": ProblemType(_encode_next_sentence, lambda labels: PRETRAIN_METRICS, None, _lm_metrics, None, None),
 }
 assert set(TYPES) == set(PROBLEM_TYPES)
 
@@ -902,10 +1120,12 @@ assert set(TYPES) == set(PROBLEM_TYPES)
 # ----------------------------------------------------------------------------------------------------------------
 
 SPLIT_KEYS = ("train", "dev", "test")
-COMMON_KEYS = ("type", "format", *SPLIT_KEYS, "labels", "label_scale", "loss_weight")
+COMMON_KEYS = ("type", "format", *SPLIT_KEYS, "labels", "label_scale", "loss_weight", "inputs_of")
 FORMAT_KEYS = {"tsv": ("text", "label", "index", "label_separator"),
                "jsonl": ("text", "label", "index", "label_separator"),
-               "conll": ("token_column", "label_column")}
+               "conll": ("token_column", "label_column"),
+               "text": ()}
+INPUTS_OF_KEYS = ("type", "inputs_of", "loss_weight")  # a mask_lm problem on another problem's inputs
 ALL_KEYS = tuple(dict.fromkeys((*COMMON_KEYS, *(key for keys in FORMAT_KEYS.values() for key in keys))))
 MAX_TEXT_FIELDS = 2  # a sentence or a pair
 
@@ -937,15 +1157,57 @@ def read_problems_file(path):
         raise ValueError(f"{path}: {error}") from None
     if not isinstance(spec, dict) or not spec:
         raise ValueError(f"{path}: expected a JSON object {{name: problem, ...}} with at least one problem")
-    return {name: _problem_from_spec(name, body, path) for name, body in spec.items()}
+    found = {}
+    for name, body in spec.items():  # those reading another's inputs after the others: they may name a later one
+        if not (isinstance(body, dict) and "inputs_of" in body):
+            found[name] = _problem_from_spec(name, body, path)
+    for name, body in spec.items():
+        if name not in found:
+            found[name] = _inputs_of_problem(name, body, path, found)
+    return {name: found[name] for name in spec}
 
 
-def _problem_from_spec(name, spec, problems_file):
+def _inputs_of_problem(name, spec, problems_file, user_problems):
+    """{"type": "mask_lm", "inputs_of": "<problem>"}: masked LM on another problem's train and dev inputs."""
     where = f"{problems_file}: problem {name!r}"
+    _check_name(name, where)
+    if spec.get("type") != "mask_lm":
+        raise ValueError(f"{where}: inputs_of is for mask_lm problems, not {spec.get('type')!r}")
+    extra = [key for key in spec if key not in INPUTS_OF_KEYS]
+    if extra:
+        raise ValueError(f"{where}: a problem with inputs_of reads that problem's files; drop {extra[0]!r} (its keys: "
+                         f"{', '.join(INPUTS_OF_KEYS)})")
+    _check_loss_weight(spec, where)
+    try:
+        source = get_problem(spec["inputs_of"], user_problems) if isinstance(spec["inputs_of"], str) else None
+        if source is None:
+            raise ValueError(f"inputs_of must be a problem's name, got {spec['inputs_of']!r}")
+        derived = mlm_problem(source)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    return dataclasses.replace(derived, name=name, loss_weight=float(spec.get("loss_weight", 1.0)))
+
+
+def _check_name(name, where):
     if not PROBLEM_NAME_PATTERN.fullmatch(name):
         raise ValueError(f"{where}: a name is lower-case letters, digits and _, starting with a letter")
     if name in PROBLEMS or name in TASK_ALIASES:
         raise ValueError(f"{where}: the name clashes with the predefined problem {canonical_problem_name(name)}")
+    if name.endswith(MLM_SUFFIX):
+        raise ValueError(f"{where}: names ending in {MLM_SUFFIX} are the predefined masked-LM problems (X{MLM_SUFFIX} "
+                         "for every problem X); choose another name")
+
+
+def _check_loss_weight(spec, where):
+    if "loss_weight" in spec:
+        weight = spec["loss_weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"{where}: loss_weight must be a positive number (its loss's factor in an & group)")
+
+
+def _problem_from_spec(name, spec, problems_file):
+    where = f"{problems_file}: problem {name!r}"
+    _check_name(name, where)
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a JSON object of keys ({', '.join(ALL_KEYS)})")
     unknown = [key for key in spec if key not in ALL_KEYS]
@@ -959,6 +1221,13 @@ def _problem_from_spec(name, spec, problems_file):
     if (format_ == "conll") != (type_ == "seq_tag"):
         raise ValueError(f"{where}: seq_tag problems read conll files, and conll files hold seq_tag problems "
                          f"(got type {type_}, format {format_})")
+    if (format_ == "text" and type_ not in LM_TYPES) or (type_ == "pretrain" and format_ != "text"):
+        raise ValueError(f"{where}: text files hold mask_lm (one text per line) or pretrain problems (documents), "
+                         f"and pretrain reads a text file (got type {type_}, format {format_})")
+    if type_ in LM_TYPES:
+        given = [key for key in ("label", "labels", "label_scale", "label_separator", "index", "test") if key in spec]
+        if given:
+            raise ValueError(f"{where}: a {type_} problem learns from the text alone; drop {given[0]!r}")
     misplaced = [key for key in spec if key not in COMMON_KEYS and key not in FORMAT_KEYS[format_]]
     if misplaced:
         raise ValueError(f"{where}: key {misplaced[0]!r} does not apply to format {format_} "
@@ -969,10 +1238,7 @@ def _problem_from_spec(name, spec, problems_file):
         scale = spec["label_scale"]
         if type_ != "regression" or isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"{where}: label_scale must be a positive number, and only for regression")
-    if "loss_weight" in spec:
-        weight = spec["loss_weight"]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise ValueError(f"{where}: loss_weight must be a positive number (its loss's factor in an & group)")
+    _check_loss_weight(spec, where)
     if "train" not in spec:
         raise ValueError(f"{where}: needs a train file (\"train\": path relative to the problems file)")
 
@@ -998,7 +1264,7 @@ def _problem_from_spec(name, spec, problems_file):
         if len(set(labels)) != len(labels):
             raise ValueError(f"{where}: labels repeat {next(x for x in labels if labels.count(x) > 1)!r}")
         labels = tuple(labels)
-    elif type_ != "regression":
+    elif type_ != "regression" and type_ not in LM_TYPES:
         labels = _labels_from_data(name, type_, splits, where)
     for split, fmt in splits.items():
         if format_ == "tsv":  # the columns, now; the rows and their labels when the split is read
@@ -1012,6 +1278,8 @@ def _problem_from_spec(name, spec, problems_file):
 
 
 def _split_from_spec(spec, format_, file, where):
+    if format_ == "text":
+        return TextSplit(file)
     if format_ == "conll":
         columns = {key: spec.get(key, default) for key, default in (("token_column", 0), ("label_column", -1))}
         for key, value in columns.items():
@@ -1029,10 +1297,10 @@ def _split_from_spec(spec, format_, file, where):
     for key in ("label", "index", "label_separator"):
         if key in spec and (not isinstance(spec[key], str) or not spec[key]):
             raise ValueError(f"{where}: {key} must be a non-empty string")
-    if "label" not in spec:
+    if "label" not in spec and spec["type"] != "mask_lm":
         raise ValueError(f"{where}: needs \"label\", the {'column' if format_ == 'tsv' else 'key'} of the labels")
     split_class = TsvSplit if format_ == "tsv" else JsonlSplit
-    return split_class(file, tuple(text), spec["label"], spec.get("index"),
+    return split_class(file, tuple(text), spec.get("label"), spec.get("index"),
                        spec.get("label_separator", DEFAULT_LABEL_SEPARATOR))
 
 

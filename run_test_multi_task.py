@@ -30,11 +30,12 @@ from torch import nn
 
 import modeling_pals
 import problems
-from glue_processors import ALL_TASKS, TASKS
-from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, METHODS, VOCAB_FILE, Method, batch_padding,
-                       build_model, check_model_inputs, configure_model, fail, format_scores, mean_score,
-                       overall_label, predict, read_checkpoint, resolve_precision, save_json, select_device,
-                       write_atomic)
+import tokenization
+from glue_processors import ALL_TASKS, LM_TYPES, TASKS
+from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, DEV_MASKING_SEED, METHODS, VOCAB_FILE,
+                       Method, batch_padding, build_model, check_model_inputs, configure_model, fail, format_scores,
+                       lm_statistics, mean_score, overall_label, predict, read_checkpoint, resolve_precision,
+                       save_json, select_device, write_atomic)
 # Decimals written for STS-B similarities (0-5); the server reads any float.
 STS_DECIMALS = 3
 SUBMISSION_HEADER = "index\tprediction"
@@ -159,9 +160,10 @@ def check_heads(state, heads, path, source, user_problems=None):
     """The checkpoint's heads must be those of `heads`, in order: same count, same number of outputs each."""
     sizes = {int(match[1]): value.shape[0] for key, value in state.items() if (match := HEAD_KEY.fullmatch(key))}
     found = [sizes.get(i) for i in range(max(sizes, default=-1) + 1)]
-    expected = [problems.get_problem(t, user_problems).num_labels for t in heads]
-    if found != expected:
-        fail(f"checkpoint {path} has {len(found)} heads with {found} outputs, but {source} names "
+    # None: no classifier of its own (mask_lm, pretrain: BERT's pre-training heads, `cls`)
+    expected = [problems.get_problem(t, user_problems).num_labels or None for t in heads]
+    if found + [None] * (len(expected) - len(found)) != expected:
+        fail(f"checkpoint {path} has {len(sizes)} heads with {found} outputs, but {source} names "
              f"{len(heads)} tasks ({','.join(heads)}) needing {expected}")
 
 
@@ -294,7 +296,10 @@ def prediction_jobs(loaded, split):
     jobs = []
     for task in loaded.tasks:
         problem = loaded.problem(task)
-        if problem.submission_files:
+        if problem.type in LM_TYPES:  # scored on its masked dev texts: metrics, no file (no test split)
+            jobs += [Job(problem, s, f"{problem.name} {s} (masked LM)", glue=False)
+                     for s in problem.expand_splits(split)]
+        elif problem.submission_files:
             for test_split in problem.test_splits:
                 data_split = test_split if split == "test" else test_split.replace("test", "dev", 1)
                 if data_split in problem.splits:
@@ -317,6 +322,7 @@ def prediction_files(loaded):
     """Every file this script may write for this model: what --overwrite_output_dir replaces, and nothing else."""
     glue = [task.submission_file(split) for task in TASKS.values() for split in task.test_splits]
     own = [problems.prediction_file_name(loaded.problem(t), s) for t in loaded.tasks
+           if loaded.problem(t).type not in LM_TYPES
            for kind in ("dev", "test") for s in loaded.problem(t).expand_splits(kind)]
     return [*glue, *own, SUBMISSION_ZIP, DEV_RESULTS]
 
@@ -356,7 +362,9 @@ def not_written(loaded, split, written, missing):
         problem = loaded.problem(task)
         if problem.submission_files:
             continue
-        if not problem.expand_splits(split):
+        if problem.type in LM_TYPES and split != "dev":
+            notes.append(f"{task} ({problem.type}: no prediction file; --split dev reports its metrics)")
+        elif not problem.expand_splits(split):
             notes.append(f"{task} ({task} has no {split} set)")
         notes += [f"{name} ({missing[name]} not found)" for name in missing
                   if name.startswith(f"{task}.") or name.startswith(f"{task}-")]
@@ -387,6 +395,8 @@ def main(args):
     precision = resolve_precision("auto", device)  # bf16 on CUDA where the GPU supports it, else fp32
     model.to(device)
     pad_to = batch_padding(loaded.method, loaded.max_seq_length)
+    masking = problems.Masking.from_vocab(tokenization.load_vocab(loaded.vocab_file)) \
+        if any(loaded.problem(t).type in LM_TYPES for t in loaded.tasks) else None
     print(f"{loaded.method.name} model {args.model_dir} (heads {','.join(loaded.heads)}) | {device.type} "
           f"{precision} | {args.split} sets of {','.join(loaded.tasks)}")
     origin = "--data_dir" if args.data_dir else f"the training run's --data_dir ({ARGS_FILE})"
@@ -418,11 +428,19 @@ def main(args):
         if job.file_name in missing:
             continue
         problem, data, head = job.problem, features[job.file_name], head_of(job.problem, loaded.heads)
+        if head is not None:
+            index = loaded.heads.index(head)
+            task_id, head_id = (index, None) if loaded.group_of is None else (loaded.group_of[index], index)
+        if problem.type in LM_TYPES:  # masked as the training run masked its dev set, and scored the same way
+            data = problems.mask_tokens(data, masking, problems.seeded_generator(DEV_MASKING_SEED))
+            statistics = lm_statistics(model, data, task_id, batch_size, device, AUTOCAST_DTYPES.get(precision),
+                                       pad_to, desc=f"{problem.name} {job.split}", head=head_id)
+            scores.setdefault(problem.name, {}).update(problems.problem_metrics(problem, job.split, statistics, data))
+            print(f"{job.file_name}: {int(statistics['masked'])} masked tokens of {len(data)} texts, scored")
+            continue
         if head is None:  # WNLI without a head of its own: its row's default (majority) class for every example
             predictions = torch.full((len(data),), problem.labels.index(problem.default_label))
         else:
-            index = loaded.heads.index(head)
-            task_id, head_id = (index, None) if loaded.group_of is None else (loaded.group_of[index], index)
             logits = predict(model, data, task_id, batch_size, device, AUTOCAST_DTYPES.get(precision), pad_to,
                              desc=f"{problem.name} {job.split}", head=head_id)
             predictions = problems.predictions_from_logits(loaded.problem(head), logits)

@@ -63,10 +63,12 @@ def write_problems(tmp_path, spec, files=None):
 
 def test_types_table_decides_the_head_input():
     assert set(TYPES) == set(PROBLEM_TYPES) == set(modeling.HEAD_INPUTS) == set(modeling.LOSSES)
-    assert set(PROBLEM_TYPES) == {"cls", "regression", "multi_cls", "seq_tag"}
-    assert modeling.HEAD_INPUTS == {"cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens"}
+    assert set(PROBLEM_TYPES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain"}
+    assert modeling.HEAD_INPUTS == {"cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens",
+                                    "mask_lm": "masked", "pretrain": "masked"}
     assert {name: t.file_suffix for name, t in TYPES.items()} == {
-        "cls": ".tsv", "regression": ".tsv", "multi_cls": ".tsv", "seq_tag": ".conll"}
+        "cls": ".tsv", "regression": ".tsv", "multi_cls": ".tsv", "seq_tag": ".conll", "mask_lm": None,
+        "pretrain": None}
 
 
 def test_glue_rows_are_problems_with_their_quirks_as_fields():
@@ -82,7 +84,8 @@ def test_glue_rows_are_problems_with_their_quirks_as_fields():
 
 def test_people_daily_rows():
     assert {name: PROBLEMS[name].type for name in problems.PKU_PROBLEMS} == {
-        "pku_cws": "seq_tag", "pku_pos": "seq_tag", "pku_ner": "seq_tag", "pku_entity_types": "multi_cls"}
+        "pku_cws": "seq_tag", "pku_pos": "seq_tag", "pku_ner": "seq_tag", "pku_entity_types": "multi_cls",
+        "pku_pretrain": "pretrain"}
     assert PROBLEMS["pku_cws"].labels == ("b", "m", "e", "s")
     assert PROBLEMS["pku_pos"].num_labels == 4 * 44 and "S-nr" in PROBLEMS["pku_pos"].labels
     assert PROBLEMS["pku_ner"].labels == ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")

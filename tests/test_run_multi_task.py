@@ -133,10 +133,16 @@ def interrupt_at_step(process, log, global_step, timeout=120, signum=signal.SIGI
 # An & group of two problems on the same texts (one tsv, two label columns) and a GLUE task as a second group.
 CHAINED = ["--tasks", "review_sentiment&review_stars|cola", "--problems",
            fixture_glue_dir().parent / "problems" / "reviews.json"]
+# Masked LM on CoLA's texts and BERT pre-training on news documents beside CoLA: batches masked afresh every step.
+MASKED = ["--tasks", "cola|cola_texts|news_pretrain", "--problems", fixture_glue_dir().parent / "problems" / "lm.json"]
+# Per-token labels (CoNLL NER, two sentences of 5 and 7 words): one example per micro-batch and process, so each
+# holds a different number of labelled tokens.
+TAGGED = ["--tasks", "ner|cola", "--sample", "uniform", "--train_batch_size", 4, "--problems",
+          fixture_glue_dir().parent / "problems" / "problems.json"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tasks", [[], CHAINED], ids=["tasks", "chained"])
+@pytest.mark.parametrize("tasks", [[], CHAINED, MASKED], ids=["tasks", "chained", "masked"])
 def test_ctrl_c_then_resume_gives_bit_identical_weights(tmp_path, tiny_config, tasks):
     steps_per_epoch = 100
     command = lambda out: tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", steps_per_epoch,
@@ -169,7 +175,7 @@ def test_resume_refuses_changed_settings(tmp_path, tiny_config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tasks", [[], CHAINED], ids=["tasks", "chained"])
+@pytest.mark.parametrize("tasks", [[], CHAINED, MASKED, TAGGED], ids=["tasks", "chained", "masked", "tagged"])
 def test_two_process_torchrun_matches_one_process(tmp_path, tasks):
     """DDP over gloo with the same global batch: same losses and final weights (dropout off: its masks differ)."""
     config = tmp_path / "no_dropout.json"
