@@ -555,11 +555,18 @@ def _read_text(problem, split, fmt, path):
 
 
 def _read_pku_documents(problem, split, fmt, path):
-    paragraphs = {}  # line number -> [(line number, sentence text), ...]: pku_sentences numbers a sentence by its line
-    for line_number, words in pku_sentences(path):
-        paragraphs.setdefault(line_number, []).append((line_number, "".join(word for word, _ in words)))
-    documents = [document for j, document in enumerate(paragraphs.values())
-                 if (j % PKU_DEV_EVERY == PKU_DEV_REMAINDER) == (fmt.part == "dev")]
+    """Paragraph j is dev when j % PKU_DEV_EVERY == PKU_DEV_REMAINDER. A training paragraph is cut at the sentences
+    that are the other PKU problems' dev sentences (sentence i with i % PKU_DEV_EVERY == PKU_DEV_REMAINDER), which
+    are left out: a run of pku_pretrain beside pku_cws never trains on pku_cws's dev set."""
+    paragraphs = {}  # line number -> runs of consecutive sentences [[(line number, text), ...], ...]
+    for i, (line_number, words) in enumerate(pku_sentences(path)):  # pku_sentences numbers a sentence by its line
+        runs = paragraphs.setdefault(line_number, [[]])
+        if fmt.part == "train" and i % PKU_DEV_EVERY == PKU_DEV_REMAINDER:
+            runs.append([])
+            continue
+        runs[-1].append((line_number, "".join(word for word, _ in words)))
+    documents = [run for j, runs in enumerate(paragraphs.values())
+                 if (j % PKU_DEV_EVERY == PKU_DEV_REMAINDER) == (fmt.part == "dev") for run in runs if run]
     return next_sentence_examples(problem, split, documents, path), None
 
 
@@ -1163,6 +1170,10 @@ def read_problems_file(path):
             found[name] = _problem_from_spec(name, body, path)
     for name, body in spec.items():
         if name not in found:
+            source = body["inputs_of"]
+            if isinstance(source, str) and source in spec and source not in found:
+                raise ValueError(f"{path}: problem {name!r}: inputs_of {source!r} is itself a mask_lm problem; name "
+                                 "a problem with inputs of its own")
             found[name] = _inputs_of_problem(name, body, path, found)
     return {name: found[name] for name in spec}
 
