@@ -596,3 +596,46 @@ def test_problems_joined_by_and_need_the_same_inputs(workspace, tmp_path):
                                          r"differ from example 0 on .*use \| instead|separate groups with \|"):
         multitask.main(multitask.parse_args(run_multi_task.__doc__, argv), run_multi_task.METHOD)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- masked LM problems
+
+LM_PROBLEMS_FILE = fixture_glue_dir().parent / "problems" / "lm.json"
+
+
+@pytest.fixture(scope="module")
+def masked_run(workspace):
+    """CoLA beside masked LM on its texts (cola_mlm) and pre-training on the news documents (lm.json)."""
+    output_dir = workspace["root"] / "masked"
+    argv = ["--output_dir", str(output_dir), "--tasks", "cola|cola_mlm|news_pretrain", "--problems",
+            str(LM_PROBLEMS_FILE), "--sample", "rr", "--do_train", "--do_eval", "--do_lower_case", "--data_dir",
+            str(fixture_glue_dir()), "--vocab_file", str(workspace["minilm"] / "vocab.txt"), "--bert_config_file",
+            str(workspace["config"]), "--max_seq_length", "32", "--train_batch_size", "4", "--eval_batch_size", "16",
+            "--num_train_epochs", "2", "--steps_per_epoch", "6", "--learning_rate", "1e-3", "--no_cuda",
+            "--cache_dir", str(workspace["cache"])]
+    multitask.main(multitask.parse_args(run_multi_task.__doc__, argv), run_multi_task.METHOD)
+    return output_dir
+
+
+def test_masked_problems_are_scored_with_split_dev_and_write_no_file(masked_run, tmp_path, capsys):
+    out = tmp_path / "dev"
+    run_script("--model_dir", masked_run, "--output_dir", out, "--split", "dev")
+    evals = [json.loads(line) for line in (masked_run / multitask.EVAL_LOG).read_text().splitlines()]
+    best = [e for e in evals if e["best"]][-1]
+    assert set(best["scores"]["cola_mlm"]) == {"acc", "perplexity"}
+    assert set(best["scores"]["news_pretrain"]) == {"mlm_acc", "nsp_acc", "perplexity"}
+    # The best model is CoLA's: the masked problems are left out of the mean.
+    assert best["glue_score"] == pytest.approx(best["task_scores"]["cola"])
+    results = json.loads((out / run_test_multi_task.DEV_RESULTS).read_text())
+    for task, metrics in best["scores"].items():  # the same masked dev tokens as the training run's evaluation
+        assert results["scores"][task] == pytest.approx(metrics, abs=1e-9), task
+    assert {path.name for path in out.iterdir()} == {"CoLA.tsv", "WNLI.tsv", run_test_multi_task.DEV_RESULTS}
+    test_out = tmp_path / "test"
+    run_script("--model_dir", masked_run, "--output_dir", test_out)
+    assert "cola_mlm (mask_lm: no prediction file; --split dev reports its metrics)" in capsys.readouterr().out
+    assert "CoLA.tsv" in written_files(test_out)
+    config = json.loads((masked_run / multitask.CONFIG_FILE).read_text())
+    assert config["problems"]["cola_mlm"]["inputs_of"] == "cola"  # rebuilt from the run directory alone
+    state = torch.load(masked_run / multitask.BEST_MODEL, weights_only=True)
+    assert "classifier.1.weight" not in state and "cls.predictions.bias" in state  # the LM head is BERT's, shared
+    assert "cls.seq_relationship.weight" in state and "cls.predictions.decoder.weight" not in state
