@@ -91,3 +91,13 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: end-to-end runs on real data and weights that take tens of seconds each; the README's "
                    "everyday test command leaves them out (-m 'not slow'), CI runs them too (-m slow)")
+
+
+def write_problems(tmp_path, spec, files=None):
+    """A problems file in tmp_path with `spec` and the data `files` ({relative path: text}) beside it."""
+    for name, text in (files or {}).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    path = tmp_path / "problems.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    return path

@@ -16,7 +16,7 @@ import glue_processors
 import modeling
 import multitask
 import problems
-from conftest import FIXTURES, ROOT, fixture_glue_dir, minilm_dir, require
+from conftest import FIXTURES, ROOT, fixture_glue_dir, minilm_dir, require, write_problems
 from glue_processors import IGNORE_INDEX, Example, Features, Problem, make_batch
 from modeling import LOSSES, BertConfig, BertForMultiTask
 from problems import (
@@ -120,16 +120,6 @@ def hf_bert_for_pretraining(seed=0):
         for name, parameter in model.named_parameters():  # tied parameters are listed once, and stay tied
             parameter.normal_(1.0 if name.endswith("LayerNorm.weight") else 0.0, 0.1)
     return model
-
-
-def write_problems(tmp_path, spec, files=None):
-    """A problems file in tmp_path with `spec` and the data `files` ({relative path: text}) beside it."""
-    for name, text in (files or {}).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    path = tmp_path / "problems.json"
-    path.write_text(json.dumps(spec), encoding="utf-8")
-    return path
 
 
 # ---- masking on real text -----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import glue_processors
 import modeling
 import problems
-from conftest import FIXTURES, fixture_glue_dir, require
+from conftest import FIXTURES, fixture_glue_dir, require, write_problems
 from glue_processors import IGNORE_INDEX, PROBLEM_TYPES, TASKS, Features, Problem, Task, make_batch
 from problems import (
     PROBLEMS, TYPES, TaggedSentence, convert_problem_examples, encode_word_rows, get_problem, load_problem_features,
@@ -47,16 +47,6 @@ def tag_problem(labels, name="tags"):
     """A seq_tag problem whose files nobody reads: for features, metrics and predictions built in the test."""
     return Problem(name, "", {"dev": problems.ConllSplit("unused.txt")}, tuple(labels),
                    {"dev": problems._seq_tag_metric_names(labels)}, type="seq_tag")
-
-
-def write_problems(tmp_path, spec, files=None):
-    """A problems file in tmp_path with `spec` and the data `files` ({relative path: text}) beside it."""
-    for name, text in (files or {}).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    path = tmp_path / "problems.json"
-    path.write_text(json.dumps(spec), encoding="utf-8")
-    return path
 
 
 # ---- the tables ---------------------------------------------------------------------------------------------------
