@@ -404,18 +404,23 @@ def write_atomic(path, write, size=None):
         tmp.unlink(missing_ok=True)
 
 
-def cpu_copy(obj):
+def cpu_copy(obj, copies=None):
     """`obj` with every tensor in its dicts, lists and tuples on the CPU: files written from a GPU run then load on
-    any machine without map_location."""
+    any machine without map_location. Tensors that are views of the same memory (a state dict's aliases of one
+    parameter: PALs' shared projections) become one CPU tensor, so the file holds them once, as a CPU run's does."""
+    copies = {} if copies is None else copies
     if torch.is_tensor(obj):
-        return obj.cpu()
+        view = (obj.device, obj.untyped_storage().data_ptr(), obj.storage_offset(), obj.shape, obj.stride(), obj.dtype)
+        if view not in copies:
+            copies[view] = obj.cpu()
+        return copies[view]
     if isinstance(obj, dict):
-        copied = type(obj)((k, cpu_copy(v)) for k, v in obj.items())
+        copied = type(obj)((k, cpu_copy(v, copies)) for k, v in obj.items())
         if hasattr(obj, "_metadata"):  # a state dict's per-module versions, which load_state_dict reads
             copied._metadata = obj._metadata
         return copied
     if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
+        return type(obj)(cpu_copy(v, copies) for v in obj)
     return obj
 
 

@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 
 import modeling
 import modeling_gated
+import modeling_pals
 import multitask
 import optimization
 import run_multi_task
@@ -241,3 +242,20 @@ def test_fp16_with_loss_scaling_trains(tmp_path):
     train(command(run_multi_task, out, tmp_path, "--precision", "fp16"), run_multi_task)
     assert all(0 < r["loss"] < 1e3 for r in read_jsonl(out / "train_log.jsonl") if "loss" in r)
     assert json.loads((out / "args.json").read_text())["precision"] == "fp16"
+
+
+def test_a_state_dict_saved_from_cuda_holds_each_shared_tensor_once(tmp_path):
+    """PALs' state dict names each shared projection under the encoder and under every layer's PAL: saved from the GPU,
+    the file holds one copy (as from the CPU), and loads back with the aliases in agreement."""
+    config = modeling_pals.BertConfig(**SIZES, hidden_size_aug=204)
+    model = modeling_pals.BertForMultiTask(config, HEADS).to(DEVICE)
+    state = model.state_dict()
+    multitask.save_torch(state, tmp_path / "pals.pth")
+    saved = torch.load(tmp_path / "pals.pth", weights_only=True)
+    for names in modeling_pals.shared_names(model.config):
+        pointers = {saved[name].untyped_storage().data_ptr() for name in names}
+        assert len(pointers) == 1, names
+    on_cpu = modeling_pals.BertForMultiTask(config, HEADS)
+    on_cpu.load_state_dict(saved)
+    for name, value in on_cpu.state_dict().items():
+        torch.testing.assert_close(value, state[name].cpu(), rtol=0, atol=0, msg=name)
