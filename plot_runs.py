@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+LM_METRIC = "perplexity"  # a mask_lm / pretrain problem's (problems.MASK_LM_METRICS, PRETRAIN_METRICS)
 # File names as multitask.py writes them (not imported: multitask imports torch, which reading logs does not need).
 TRAIN_LOG, EVAL_LOG = "train_log.jsonl", "eval_results.jsonl"
 LOSS_KEYS = ("global_step", "epoch", "task", "loss", "lr")
@@ -162,13 +163,15 @@ def results_table(runs, run_dirs):
         cells = [[best["scores"].get(p, {}).get(m) for m in metrics] for p, metrics in columns.items()]
         rows.append(cells + [[best["glue_score"]]])
     same_problems = all(best["scores"].keys() == bests[0]["scores"].keys() for best in bests)
-    # Bold a column's best cell (by the mean of its metrics, like the task score) where several runs have it; the
-    # means compare only over the same problems.
+    # Bold a column's best cell where several runs have it: by the problem's logged score (the mean of GLUE's
+    # metrics, a masked LM's minus its loss: the lower perplexity wins), the last column by the mean score, which
+    # compares only over the same problems.
+    scores = [[best["task_scores"].get(p) for p in columns] + [best["glue_score"]] for best in bests]
     bold = [[False] * len(rows[0]) for _ in rows]
     for c in range(len(rows[0]) - (not same_problems)):
-        means = {r: sum(row[c]) / len(row[c]) for r, row in enumerate(rows) if None not in row[c]}
-        for r, mean in means.items():
-            bold[r][c] = len(means) > 1 and mean == max(means.values())
+        values = {r: row[c] for r, row in enumerate(scores) if row[c] is not None}
+        for r, value in values.items():
+            bold[r][c] = len(values) > 1 and value == max(values.values())
 
     def cell_text(values, strong):
         if all(v is None for v in values):
@@ -177,7 +180,9 @@ def results_table(runs, run_dirs):
         return f"**{text}**" if strong else text
 
     header = ["run"] + [f"{display(p)} {' / '.join(map(display, m))}" for p, m in columns.items()]
-    header.append(f"mean of {len(columns)}" if same_problems else "mean of its problems")
+    # Masked-LM problems (scored by perplexity) count in the mean only when a run has nothing else.
+    averaged = [p for p, metrics in columns.items() if LM_METRIC not in metrics] or list(columns)
+    header.append(f"mean of {len(averaged)}" if same_problems else "mean of its problems")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run, row, strong in zip(runs, rows, bold):
         lines.append("| " + " | ".join([run.name] + [cell_text(v, s) for v, s in zip(row, strong)]) + " |")

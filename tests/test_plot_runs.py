@@ -2,6 +2,7 @@
 run with an "&" group) is a PNG; --table prints each run's best evaluation; missing, malformed and partly written
 log files give one-line errors or a note."""
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -185,6 +186,23 @@ def test_table_bolds_each_columns_best(tmp_path, capsys):
     assert lines[0].startswith("| run | RTE acc | msra_cws F1 | pku_ner F1 / acc | pku_cws F1 |")
     assert lines[2] == "| only_a | 56.0 | 81.0 | 43.0 / 90.2 | - | 75.0 |"
     assert lines[3] == "| b | **57.0** | - | **46.0 / 90.2** | 82.0 | 75.0 |"
+
+
+def test_table_bolds_the_lower_perplexity_and_leaves_masked_lm_out_of_the_mean(tmp_path, capsys):
+    """A masked-LM problem's column is bold where its logged score (minus its dev loss) is highest: the lower
+    perplexity, though its accuracy is lower; the mean counts only the other problem."""
+    for name, (acc, perplexity) in {"a": (30.0, 20.0), "b": (25.0, 10.0)}.items():
+        scores = {"rte": {"acc": 60.0}, "rte_mlm": {"acc": acc, "perplexity": perplexity}}
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / plot_runs.TRAIN_LOG, [])
+        write_jsonl(tmp_path / name / plot_runs.EVAL_LOG, [{
+            "epoch": 0, "global_step": 10, "scores": scores, "glue_score": 60.0, "best": True,
+            "task_scores": {"rte": 60.0, "rte_mlm": -math.log(perplexity)}}])
+    plot_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--table"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| run | RTE acc | rte_mlm acc / perplexity | mean of 1 |"
+    assert lines[2] == "| a | **60.0** | 30.0 / 20.0 | **60.0** |"
+    assert lines[3] == "| b | **60.0** | **25.0 / 10.0** | **60.0** |"
 
 
 def test_table_takes_the_kept_model_when_another_metric_chose_it(tmp_path, capsys):
