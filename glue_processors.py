@@ -133,7 +133,7 @@ class Problem:
     head_of: str | None = None  # predicted with this problem's head (AX: "mnli")
     default_label: str | None = None  # predicted for every example when the model has no head for it (WNLI: "0")
     score_rule: str = "first"  # one of SCORE_RULES
-    loss_weight: float = 1.0  # this problem's loss is multiplied by it in a step that trains several ("&")
+    loss_weight: float = 1.0  # this problem's loss is multiplied by it in every step that trains it
     inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
 
     def __post_init__(self):

@@ -372,7 +372,7 @@ LOSSES = {
     "pretrain": lambda logits, labels, denominator=None: (_token_loss(logits[0], labels[0], denominator)
                                                           + F.cross_entropy(logits[1].float(), labels[1])),
 }
-LM_TYPES = ("mask_lm", "pretrain")  # problems whose head is `cls` (no classifier.N of their own)
+LM_TYPES = tuple(kind for kind, reads in HEAD_INPUTS.items() if reads == "masked")  # heads in `cls`, no classifier.N
 
 
 def glue_problem_types(num_labels_per_task):
@@ -629,10 +629,12 @@ def map_state_dict(raw):
 
 
 def unused_pretraining_heads(model, state):
-    """The checkpoint's `cls.*` keys (BERT's pre-training heads) that `model` has no place for: a model without
-    mask_lm / pretrain problems, or without next-sentence prediction, does not use them."""
-    own = model.state_dict()
-    return [key for key in state if key.startswith("cls.") and key not in own]
+    """The checkpoint's keys of BERT's pre-training heads that `model` does not use: all of `cls.*` for a model
+    without mask_lm / pretrain problems, `cls.seq_relationship.*` for one without next-sentence prediction. (Any other
+    key the model lacks stays an error: a misnamed head is not silently left fresh.)"""
+    cls = getattr(model, "cls", None)
+    unused = "cls." if cls is None else None if hasattr(cls, "seq_relationship") else "cls.seq_relationship."
+    return [key for key in state if unused is not None and key.startswith(unused)]
 
 
 def load_pretrained(model, path, require_all=False):

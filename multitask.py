@@ -253,8 +253,8 @@ def read_user_problems(path):
 def resolve_task_groups(spec, task_id, user_problems):
     try:
         return problems.resolve_groups(spec, task_id, user_problems)
-    except ValueError as err:
-        fail(f"--tasks: {err}")
+    except ValueError as err:  # its messages start with --tasks
+        fail(str(err))
 
 
 def check_best_model_metric(name, tasks):
@@ -592,27 +592,35 @@ def predict(model, features, task_id, batch_size, device, autocast_dtype=None, p
 
     Batches hold examples of similar length (sorted longest first), so padding to the longest costs little.
     """
-    was_training = model.training
-    model.eval()
     head_id = task_id if head is None else head
     per_token = HEAD_INPUTS[model.problem_types[head_id]] == "tokens"
-    order = torch.argsort(features.lengths, descending=True, stable=True)
     rows = int(features.offsets[-1]) if per_token else len(features)
     logits_out = torch.empty(rows, model.num_labels_per_task[head_id], device=device)
-    order_on_device = order.to(device)
+    for indices, batch, logits in eval_batches(model, features, task_id, batch_size, device, autocast_dtype, pad_to,
+                                               desc, head):
+        where = packed_positions(features, indices) if per_token else indices
+        logits_out[where.to(device)] = logits.float()
+    return logits_out.cpu()
+
+
+def eval_batches(model, features, task_id, batch_size, device, autocast_dtype, pad_to, desc, head, masked=False):
+    """The model (in eval mode, restored after) over `features` in batches of similar length (sorted longest first,
+    so padding to the longest costs little): yields each batch's example indices, the batch on the device (with
+    with_masked_positions when `masked`) and the logits of head `head` (default: `task_id`) through task row
+    `task_id`."""
+    was_training = model.training
+    model.eval()
+    order = torch.argsort(features.lengths, descending=True, stable=True)
     for start in tqdm(range(0, len(features), batch_size), desc=desc, leave=False, disable=desc is None):
         indices = order[start:start + batch_size]
-        batch = to_device(glue_processors.make_batch(features, indices, pad_to=pad_to, pad_multiple=PAD_MULTIPLE),
-                          device)
+        batch = glue_processors.make_batch(features, indices, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+        batch = to_device(with_masked_positions(batch) if masked else batch, device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                              token_index=batch["token_index"], heads=None if head is None else [head])
-            logits = logits if head is None else logits[0]
-        where = (packed_positions(features, indices).to(device) if per_token
-                 else order_on_device[start:start + batch_size])
-        logits_out[where] = logits.float()
+                              token_index=batch["token_index"], heads=None if head is None else [head],
+                              masked_index=batch.get("masked_index"))
+        yield indices, batch, logits if head is None else logits[0]
     model.train(was_training)
-    return logits_out.cpu()
 
 
 def evaluate(model, eval_sets, tasks, batch_size, device, autocast_dtype, pad_to, group_of=None):
@@ -635,26 +643,19 @@ def evaluate(model, eval_sets, tasks, batch_size, device, autocast_dtype, pad_to
     return scores, mean_score(scores, by_name)
 
 
+LM_STATISTICS = ("masked", "loss", "correct", "pairs", "next_correct")  # lm_statistics' sums, in this order
+
+
 @torch.no_grad()
 def lm_statistics(model, features, task_id, batch_size, device, autocast_dtype=None, pad_to=None, desc=None,
                   head=None):
     """A mask_lm / pretrain problem's sums over masked features (problems.mask_tokens): masked tokens, their summed
     cross-entropy and correct predictions; pretrain also pairs and correct next-sentence predictions. Python numbers,
     from one host sync at the end (problems.problem_metrics turns them into accuracy and perplexity)."""
-    was_training = model.training
-    model.eval()
-    head_id = task_id if head is None else head
-    pretrain = model.problem_types[head_id] == "pretrain"
+    pretrain = model.problem_types[task_id if head is None else head] == "pretrain"
     sums = torch.zeros(len(LM_STATISTICS), dtype=torch.float64, device=device)
-    order = torch.argsort(features.lengths, descending=True, stable=True)  # similar lengths: little padding
-    for start in tqdm(range(0, len(features), batch_size), desc=desc, leave=False, disable=desc is None):
-        batch = to_device(with_masked_positions(glue_processors.make_batch(
-            features, order[start:start + batch_size], pad_to=pad_to, pad_multiple=PAD_MULTIPLE)), device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                              token_index=batch["token_index"], heads=None if head is None else [head],
-                              masked_index=batch["masked_index"])
-            logits = logits if head is None else logits[0]
+    for _, batch, logits in eval_batches(model, features, task_id, batch_size, device, autocast_dtype, pad_to, desc,
+                                         head, masked=True):
         words, labels = (logits[0] if pretrain else logits).float(), batch["masked_labels"]  # (M, V), (M,)
         batch_sums = [labels.numel(), torch.nn.functional.cross_entropy(words, labels, reduction="sum"),
                       (words.argmax(-1) == labels).sum()]
@@ -662,11 +663,7 @@ def lm_statistics(model, features, task_id, batch_size, device, autocast_dtype=N
             batch_sums += [len(batch["labels"]), (logits[1].argmax(-1) == batch["labels"]).sum()]
         for i, value in enumerate(batch_sums):
             sums[i] += value
-    model.train(was_training)
     return dict(zip(LM_STATISTICS, sums.tolist()))
-
-
-LM_STATISTICS = ("masked", "loss", "correct", "pairs", "next_correct")
 
 
 def with_masked_positions(batch):
@@ -693,8 +690,10 @@ def format_scores(scores, overall, label="GLUE"):
 
 
 def overall_label(tasks):
-    """What the mean score is called in the log: GLUE when every problem is GLUE's."""
-    return "GLUE" if all(t.name in glue_processors.TASKS for t in tasks) else "mean"
+    """What the mean score is called in the log: GLUE when every problem it averages is GLUE's (masked-LM problems,
+    left out of the mean, do not count)."""
+    scored = [t for t in tasks if t.type not in LM_TYPES] or tasks
+    return "GLUE" if all(t.name in glue_processors.TASKS for t in scored) else "mean"
 
 
 def first_examples(features, count):
@@ -907,8 +906,12 @@ def load_data(run):
         except (OSError, ValueError) as err:  # a malformed file: its name and line are in the message
             fail(str(err))
         data = first_examples(data, limit)
-        if split != "train" and task.type in LM_TYPES:
-            data = problems.mask_tokens(data, run.masking, problems.seeded_generator(DEV_MASKING_SEED))
+        if task.type in LM_TYPES:
+            if not problems.maskable(data, run.masking).any():
+                fail(f"{problems.problem_file(args.data_dir, task, split)}: {task.name} {split} has no word piece to "
+                     "mask (only [CLS] and [SEP] after tokenizing)")
+            if split != "train":
+                data = problems.mask_tokens(data, run.masking, problems.seeded_generator(DEV_MASKING_SEED))
         return data
 
     if run.distributed and not run.is_main:
@@ -1090,8 +1093,9 @@ def run_evaluation(run, model, eval_sets, progress, epoch):
 def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, autocast_dtype=None, frozen=(),
                   heads=None, loss_weights=None, denominators=None):
     """One optimizer step of one task: forward and backward over its micro-batches (make_batch dicts on the model's
-    device; the gradient is their mean), the `frozen` parameters' gradients dropped (no update at all: the optimizers
-    skip parameters without one), unscale (fp16), clip, update, schedule. Returns the mean loss as a device tensor
+    device; the gradient is their mean, times the problem's loss_weight, `loss_weights` (1,) on the device), the
+    `frozen` parameters' gradients dropped (no update at all: the optimizers skip parameters without one), unscale
+    (fp16), clip, update, schedule. Returns the mean loss as a device tensor
     (no host sync). `net` is the model or its DistributedDataParallel wrapper, which syncs on the last micro-batch.
 
     An & group: `heads` (head indices) read one encoder pass of task row `task_id`, each batch holds their labels
@@ -1108,7 +1112,8 @@ def training_step(net, model, batches, task_id, optimizer, scheduler, scaler, au
                 _, loss = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
                               batch_labels(batch), token_index=batch["token_index"],
                               masked_index=batch.get("masked_index"), denominators=denominators)
-                loss = tallied = loss / len(batches)
+                tallied = loss / len(batches)
+                loss = tallied if loss_weights is None else tallied * loss_weights[0]  # x 1.0 is exact
             else:
                 _, losses = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
                                 batch["group_labels"], token_index=batch["token_index"], heads=heads,
@@ -1362,8 +1367,10 @@ def main(args, method):
         finish(run)
         raise SystemExit(stop.exit_status())
     best = overall_label(run.heads) if args.metric_for_best_model == MEAN_SCORE else args.metric_for_best_model
-    logger.info(f"done: {progress.global_step} steps" +
-                (f"; best dev {best} score {progress.best_score:.2f}" if args.do_eval else ""))
+    lower_is_better = args.metric_for_best_model.partition("/")[2] in problems.LOWER_IS_BETTER
+    logger.info(f"done: {progress.global_step} steps" +  # best_score holds a perplexity negated (best_model_score)
+                (f"; best dev {best} {-progress.best_score if lower_is_better else progress.best_score:.2f}"
+                 if args.do_eval else ""))
     return finish(run)
 
 

@@ -36,6 +36,7 @@ import math
 import os
 import random
 import re
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -336,7 +337,10 @@ def resolve_groups(spec, task_id=None, user_problems=None):
                              "group and groups separated by | (or a comma), like pku_cws&pku_ner|cola")
         group = []
         for item in names:
-            name = canonical_problem_name(item, user_problems)
+            try:
+                name = canonical_problem_name(item, user_problems)
+            except ValueError as error:
+                raise ValueError(f"--tasks {spec!r}: {error}") from None
             if name in seen:
                 raise ValueError(f"--tasks {spec!r} names {name} twice")
             problem = get_problem(name, user_problems)
@@ -555,18 +559,17 @@ def _read_text(problem, split, fmt, path):
 
 
 def _read_pku_documents(problem, split, fmt, path):
-    """Paragraph j is dev when j % PKU_DEV_EVERY == PKU_DEV_REMAINDER. A training paragraph is cut at the sentences
-    that are the other PKU problems' dev sentences (sentence i with i % PKU_DEV_EVERY == PKU_DEV_REMAINDER), which
-    are left out: a run of pku_pretrain beside pku_cws never trains on pku_cws's dev set."""
-    paragraphs = {}  # line number -> runs of consecutive sentences [[(line number, text), ...], ...]
-    for i, (line_number, words) in enumerate(pku_sentences(path)):  # pku_sentences numbers a sentence by its line
-        runs = paragraphs.setdefault(line_number, [[]])
-        if fmt.part == "train" and i % PKU_DEV_EVERY == PKU_DEV_REMAINDER:
-            runs.append([])
-            continue
-        runs[-1].append((line_number, "".join(word for word, _ in words)))
-    documents = [run for j, runs in enumerate(paragraphs.values())
-                 if (j % PKU_DEV_EVERY == PKU_DEV_REMAINDER) == (fmt.part == "dev") for run in runs if run]
+    """Paragraph j is dev when j % PKU_DEV_EVERY == PKU_DEV_REMAINDER. In a training paragraph the other PKU
+    problems' dev sentences (sentence i with i % PKU_DEV_EVERY == PKU_DEV_REMAINDER) are left out (None): no pair
+    holds them, so a run of pku_pretrain beside pku_cws never trains on pku_cws's dev set."""
+    paragraphs = {}  # line number -> [(line number, text or None), ...]: pku_sentences numbers a sentence by its line
+    for i, (line_number, words) in enumerate(pku_sentences(path)):
+        left_out = fmt.part == "train" and i % PKU_DEV_EVERY == PKU_DEV_REMAINDER
+        paragraphs.setdefault(line_number, []).append((line_number,
+                                                       None if left_out else "".join(word for word, _ in words)))
+    documents = [document for j, document in enumerate(paragraphs.values())
+                 if (j % PKU_DEV_EVERY == PKU_DEV_REMAINDER) == (fmt.part == "dev")
+                 and any(sentence is not None for _, sentence in document)]
     return next_sentence_examples(problem, split, documents, path), None
 
 
@@ -580,18 +583,22 @@ NSP_IS_NEXT, NSP_RANDOM = 0, 1  # the pretrain problem's NSP labels, cls.seq_rel
 
 def next_sentence_examples(problem, split, documents, source):
     """documents: [[(line number, sentence), ...], ...] -> one pair per sentence that has a next one in its document:
-    Example(text_a=sentence, text_b=the next one (label NSP_IS_NEXT) or a random other document's (NSP_RANDOM))."""
+    Example(text_a=sentence, text_b=the next one (label NSP_IS_NEXT) or a random other document's (NSP_RANDOM)).
+    A sentence None is left out: no pair holds it (every document needs at least one other sentence)."""
     if len(documents) < 2:
         raise ValueError(f"{source}: {problem.name} ({split}) needs at least two documents (separated by a blank line) "
                          f"to draw random next sentences from; found {len(documents)}")
     rng = random.Random(NSP_PAIRS_SEED)
+    drawable = [[sentence for _, sentence in document if sentence is not None] for document in documents]
     examples = []
     for d, document in enumerate(documents):
         for (number, sentence), (_, following) in zip(document, document[1:]):
+            if sentence is None or following is None:
+                continue
             if rng.random() < NSP_RANDOM_SHARE:
                 other = rng.randrange(len(documents) - 1)
                 other += other >= d  # any document but this one
-                text_b, label = rng.choice(documents[other])[1], NSP_RANDOM
+                text_b, label = rng.choice(drawable[other]), NSP_RANDOM
             else:
                 text_b, label = following, NSP_IS_NEXT
             examples.append(Example(f"{problem.name}-{split}-{number}-{len(examples)}", sentence, text_b, label))
@@ -791,8 +798,9 @@ def _row_of_word(features):
 def problem_cache_path(cache_dir, problem, split, data_file, vocab_file, do_lower_case, max_seq_length):
     """Cache file for a non-GLUE problem's features: hashes its record (type, files, labels, ...), the file's
     contents, the vocabulary and the settings. (GLUE rows keep glue_processors.feature_cache_path.)"""
+    pairs = (NSP_PAIRS_SEED, NSP_RANDOM_SHARE) if problem.type == "pretrain" else ()  # how the pairs were drawn
     parts = (FEATURE_FORMAT_VERSION, PROBLEM_FEATURE_FORMAT_VERSION, json.dumps(problem.to_record(), sort_keys=True),
-             split, glue_processors._file_sha256(data_file), glue_processors._file_sha256(vocab_file),
+             *pairs, split, glue_processors._file_sha256(data_file), glue_processors._file_sha256(vocab_file),
              bool(do_lower_case), int(max_seq_length))
     key = hashlib.sha256("".join(f"{part}\n" for part in parts).encode()).hexdigest()
     return Path(cache_dir) / f"{problem.name}-{split}-len{max_seq_length}-{key}.pt"
@@ -849,7 +857,7 @@ def _seq_tag_metric_names(labels):
 def predictions_from_logits(problem, logits):
     """Logits of one split -> predictions: cls (N,) class index; regression (N,) value (in label / label_scale
     units); multi_cls (N, L) bool; seq_tag: logits per packed token (total tokens, L) -> (total tokens,) label id."""
-    return TYPES[predicted(problem).type].predict(logits)
+    return TYPES[problem_with_predictions(problem).type].predict(logits)
 
 
 def sentence_tags(problem, features, token_values):
@@ -947,7 +955,7 @@ def prediction_strings(problem, predictions):
 
 def prediction_file_name(problem, split):
     """<name>.tsv / <name>.conll; <name>-<split>.<ext> for a problem with several splits of that kind (MNLI)."""
-    problem = predicted(problem)
+    problem = problem_with_predictions(problem)
     kind = "dev" if split.startswith("dev") else "test" if split.startswith("test") else split
     several = len(problem.expand_splits(kind)) > 1
     return f"{problem.name}{f'-{split}' if several else ''}{TYPES[problem.type].file_suffix}"
@@ -994,7 +1002,7 @@ def _write_conll(problem, split, predictions, features, path, data_dir):
 
 def write_predictions(problem, split, predictions, features, path, data_dir):
     """Write one split's predictions (from predictions_from_logits) to `path` (name: prediction_file_name)."""
-    problem = predicted(problem)
+    problem = problem_with_predictions(problem)
     TYPES[problem.type].write(problem, split, predictions, features, path, data_dir)
     return Path(path)
 
@@ -1011,6 +1019,9 @@ MASK_RATE = 0.15
 MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.8, 0.1
 MASK_TOKEN = "[MASK]"
 NEVER_MASKED = ("[CLS]", "[SEP]", "[PAD]")
+REQUIRED_TOKENS = (MASK_TOKEN, "[CLS]", "[SEP]")  # what a vocabulary needs for masked LM ([PAD] is optional)
+SEED_MODULUS = 2 ** 64
+LARGEST_EXP_ARGUMENT = math.log(sys.float_info.max)  # math.exp overflows above it
 
 
 @dataclass(frozen=True)
@@ -1023,7 +1034,7 @@ class Masking:
     @classmethod
     def from_vocab(cls, vocab):
         """From a tokenization.load_vocab dict; an error names a missing special token."""
-        missing = [token for token in (MASK_TOKEN, *NEVER_MASKED[:2]) if token not in vocab]
+        missing = [token for token in REQUIRED_TOKENS if token not in vocab]
         if missing:
             raise ValueError(f"the vocabulary has no {missing[0]} token, which masked LM needs")
         return cls(vocab[MASK_TOKEN], tuple(vocab[token] for token in NEVER_MASKED if token in vocab), len(vocab))
@@ -1040,13 +1051,13 @@ def mask_tokens(features, masking, generator):
     ids = features.input_ids.long()  # (n,) packed, every text's tokens in a row
     n, lengths = ids.numel(), features.lengths
     text_of = torch.repeat_interleave(torch.arange(len(features)), lengths)  # (n,)
-    maskable = ~torch.isin(ids, torch.tensor(masking.special_ids))
-    per_text = torch.zeros(len(features), dtype=torch.int64).index_add_(0, text_of, maskable.long())
+    candidates = maskable(features, masking)
+    per_text = torch.zeros(len(features), dtype=torch.int64).index_add_(0, text_of, candidates.long())
     chosen_per_text = torch.where(per_text > 0, torch.round(per_text * MASK_RATE).long().clamp(min=1), 0)
     # Keys in [0, 1) for maskable tokens, 1 for the others; + 2 x text number keeps each text's tokens together. float64
-    # holds the sum exactly enough (2 x 10^7 texts still leave 30 bits of the fraction).
+    # holds the sum closely enough: with 10^7 texts (keys below 2^25) 27 bits of each key's fraction remain.
     keys = torch.rand(n, generator=generator, dtype=torch.float64)
-    keys = torch.where(maskable, keys, 1.0) + 2.0 * text_of
+    keys = torch.where(candidates, keys, 1.0) + 2.0 * text_of
     order = torch.argsort(keys)
     rank = torch.empty(n, dtype=torch.int64)
     rank[order] = torch.arange(n) - features.offsets[:-1][text_of]  # sorted, text t's tokens sit at its offsets
@@ -1061,8 +1072,15 @@ def mask_tokens(features, masking, generator):
 
 def seeded_generator(*seeds):
     """A CPU generator seeded from a tuple of integers (the run's seed, the step, the micro-batch): the same stream
-    wherever and however often it is made, which is what makes masking resume bit-identically."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(seeds)).generate_state(1, np.uint64)[0]))
+    wherever and however often it is made, which is what makes masking resume bit-identically. Any integers (a
+    negative --seed too: SeedSequence takes non-negative ones, so each is taken modulo 2^64)."""
+    entropy = [seed % SEED_MODULUS for seed in seeds]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))
+
+
+def maskable(features, masking):
+    """bool [total tokens]: the word pieces masking may choose (not [CLS], [SEP] or [PAD])."""
+    return ~torch.isin(features.input_ids, torch.tensor(masking.special_ids, dtype=features.input_ids.dtype))
 
 
 def _encode_next_sentence(problem, examples, features):
@@ -1076,14 +1094,15 @@ def _lm_metrics(problem, split, statistics, features):
     if not statistics["masked"]:
         raise ValueError(f"{problem.name} {split}: no token was masked (are the texts empty?)")
     accuracy = 100.0 * statistics["correct"] / statistics["masked"]
-    perplexity = math.exp(statistics["loss"] / statistics["masked"])
+    mean_loss = statistics["loss"] / statistics["masked"]
+    perplexity = math.exp(mean_loss) if mean_loss < LARGEST_EXP_ARGUMENT else math.inf  # a diverged model's
     if problem.type == "mask_lm":
         return {"acc": accuracy, "perplexity": perplexity}
     return {"mlm_acc": accuracy, "nsp_acc": 100.0 * statistics["next_correct"] / statistics["pairs"],
             "perplexity": perplexity}
 
 
-def predicted(problem):
+def problem_with_predictions(problem):
     """The Problem, when it has predictions (every type but mask_lm and pretrain); a ValueError otherwise."""
     problem = get_problem(problem)
     if problem.type in LM_TYPES:
@@ -1171,7 +1190,7 @@ def read_problems_file(path):
     for name, body in spec.items():
         if name not in found:
             source = body["inputs_of"]
-            if isinstance(source, str) and source in spec and source not in found:
+            if isinstance(source, str) and source in spec and source not in found:  # not built yet: an inputs_of one
                 raise ValueError(f"{path}: problem {name!r}: inputs_of {source!r} is itself a mask_lm problem; name "
                                  "a problem with inputs of its own")
             found[name] = _inputs_of_problem(name, body, path, found)
@@ -1193,6 +1212,9 @@ def _inputs_of_problem(name, spec, problems_file, user_problems):
         source = get_problem(spec["inputs_of"], user_problems) if isinstance(spec["inputs_of"], str) else None
         if source is None:
             raise ValueError(f"inputs_of must be a problem's name, got {spec['inputs_of']!r}")
+        if source.type in LM_TYPES:
+            raise ValueError(f"inputs_of {source.name!r} is itself a {source.type} problem; name a problem with "
+                             "inputs of its own")
         derived = mlm_problem(source)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
@@ -1213,7 +1235,7 @@ def _check_loss_weight(spec, where):
     if "loss_weight" in spec:
         weight = spec["loss_weight"]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-            raise ValueError(f"{where}: loss_weight must be a positive number (its loss's factor in an & group)")
+            raise ValueError(f"{where}: loss_weight must be a positive number (the factor of its loss in a step)")
 
 
 def _problem_from_spec(name, spec, problems_file):

@@ -51,6 +51,7 @@ ORIGINAL_FORMAT_KEY = re.compile(r"LayerNorm\.(gamma|beta)$")
 GATE_KEY = re.compile(r"\.attention\.self\.weight_layer_q\.weight$")  # only Gated-BERT has gates
 ADAPTER_KEY = re.compile(r"\.attention\.self\.query_list\.0\.weight$")  # (hidden_size_aug, hidden)
 HEAD_KEY = re.compile(r"classifier\.(\d+)\.weight")  # (num_labels, hidden)
+LM_HEAD = "cls"  # shown for a masked-LM problem, which has no classifier of its own
 
 
 def parse_args(argv=None):
@@ -163,8 +164,9 @@ def check_heads(state, heads, path, source, user_problems=None):
     # None: no classifier of its own (mask_lm, pretrain: BERT's pre-training heads, `cls`)
     expected = [problems.get_problem(t, user_problems).num_labels or None for t in heads]
     if found + [None] * (len(expected) - len(found)) != expected:
-        fail(f"checkpoint {path} has {len(sizes)} heads with {found} outputs, but {source} names "
-             f"{len(heads)} tasks ({','.join(heads)}) needing {expected}")
+        shown = lambda widths: [LM_HEAD if n is None else n for n in widths]  # noqa: E731
+        fail(f"checkpoint {path} has {len(sizes)} heads with {shown(found)} outputs, but {source} names "
+             f"{len(heads)} tasks ({','.join(heads)}) needing {shown(expected)}")
 
 
 def read_mapped_state(path):
@@ -367,7 +369,7 @@ def not_written(loaded, split, written, missing):
         elif not problem.expand_splits(split):
             notes.append(f"{task} ({task} has no {split} set)")
         notes += [f"{name} ({missing[name]} not found)" for name in missing
-                  if name.startswith(f"{task}.") or name.startswith(f"{task}-")]
+                  if name.startswith((f"{task}.", f"{task}-", f"{task} "))]
     return notes
 
 
@@ -403,6 +405,9 @@ def main(args):
     print(f"reading the {args.split} files from {data_dir} ({origin})")
 
     # ---------------------------------------------------------------- data: every file read before any prediction
+    if args.split == "test" and all(loaded.problem(t).type in LM_TYPES for t in loaded.tasks):
+        fail(f"--split test: {','.join(loaded.tasks)} are masked-LM / pre-training problems, with no test predictions; "
+             "--split dev reports their metrics")
     jobs, missing, features = prediction_jobs(loaded, args.split), {}, {}
     for job in jobs:
         path = problems.problem_file(data_dir, job.problem, job.split)

@@ -784,12 +784,15 @@ TEXT_FILES = {"t.txt": "one line\nanother\n\nthird\nfourth\n", "t.tsv": "text\tl
     ({"lm": {"type": "mask_lm", "inputs_of": "nothing"}}, r"problem 'lm': unknown problem 'nothing'"),
     ({"lm": {"type": "mask_lm", "inputs_of": 3}}, r"problem 'lm': inputs_of must be a problem's name, got 3"),
     ({"lm": {"type": "mask_lm", "inputs_of": "pku_pretrain"}},
-     r"problem 'lm': pku_pretrain is already a pretrain problem"),
+     r"problem 'lm': inputs_of 'pku_pretrain' is itself a pretrain problem"),
     ({"a": {"type": "mask_lm", "format": "text", "train": "t.txt"}, "lm": {"type": "mask_lm", "inputs_of": "a"}},
-     r"problem 'lm': a is already a mask_lm problem"),
+     r"problem 'lm': inputs_of 'a' is itself a mask_lm problem"),
+    ({"lm": {"type": "mask_lm", "inputs_of": "a"}, "a": {"type": "mask_lm", "inputs_of": "sst"}},
+     r"problem 'lm': inputs_of 'a' is itself a mask_lm problem"),
     ({"lm": {"type": "mask_lm", "inputs_of": "sst", "loss_weight": 0}},
      r"problem 'lm': loss_weight must be a positive number"),
-    ({"lm_x": {"type": "mask_lm", "inputs_of": "sst_mlm"}}, r"problem 'lm_x': sst_mlm is already a mask_lm problem"),
+    ({"lm_x": {"type": "mask_lm", "inputs_of": "sst_mlm"}},
+     r"problem 'lm_x': inputs_of 'sst_mlm' is itself a mask_lm problem"),
 ])
 def test_lm_problems_file_errors(tmp_path, spec, message):
     path = write_problems(tmp_path, spec, TEXT_FILES)

@@ -16,7 +16,7 @@ import torch
 
 import multitask
 import run_multi_task
-from conftest import ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir
+from conftest import ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir, write_problems
 
 SMALL_TASKS = "cola,mrpc,rte,sts,sst"
 OUTPUT_FILES = ("args.json", "config.json", "vocab.txt", "train.log", "train_log.jsonl", "eval_results.jsonl",
@@ -217,7 +217,7 @@ def test_missing_task_files_are_all_listed_before_any_work(tmp_path, tiny_config
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--tasks", "cola,squad"], "--tasks: unknown problem 'squad'; valid names: cola, mrpc"),
+    (["--tasks", "cola,squad"], "--tasks 'cola,squad': unknown problem 'squad'; valid names: cola, mrpc"),
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0"),
     (["--train_batch_size", "6", "--gradient_accumulation_steps", "4"],
      "--train_batch_size 6 must be a multiple of --gradient_accumulation_steps 4"),
@@ -547,3 +547,21 @@ def test_resuming_a_finished_fractional_run_evaluates_nothing_again(tmp_path, ti
     assert (out / "eval_results.jsonl").read_bytes() == before["eval_results.jsonl"]
     assert (out / "last_checkpoint.pth").read_bytes() == before["last_checkpoint.pth"]
     assert "the run already finished at step 6" in (out / "train.log").read_text()
+
+
+def test_loss_weight_scales_a_problem_alone_in_its_group(tmp_path, tiny_config):
+    """An auxiliary masked-LM group weighted 0.5 trains differently from one weighted 1 (its gradient is halved against
+    CoLA's in AdamW's shared moments); the logged loss is the unweighted one."""
+    weights = {}
+    for weight in (1.0, 0.5):
+        (tmp_path / str(weight)).mkdir()
+        problems_file = write_problems(tmp_path / str(weight), {"texts": {"type": "mask_lm", "inputs_of": "cola",
+                                                                          "loss_weight": weight}})
+        out = tmp_path / f"run{weight}"
+        run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 4, "--num_train_epochs", 1,
+                         "--tasks", "texts|cola", "--sample", "rr", "--problems", problems_file))
+        weights[weight] = torch.load(out / "best_model.pth", weights_only=True)
+        first_loss = next(r["loss"] for r in read_jsonl(out / "train_log.jsonl") if r.get("task") == "texts")
+        assert first_loss == pytest.approx(math.log(30522), rel=0.05)  # a fresh MLM head: ~ln(vocabulary)
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(weights[1.0][embeddings], weights[0.5][embeddings])
