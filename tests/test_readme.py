@@ -30,8 +30,8 @@ def readme_commands():
                 continue
             words = shlex.split(line.split("#")[0])
             if len(words) > 1 and words[1] in PARSERS:
-                # Shell variables stand for paths: any value parses the same.
-                commands.append((words[1], [re.sub(r"\$\(.*\)|\$\w+", "X", w) for w in words[2:]]))
+                # Shell variables stand for paths or numbers (a loop's --seed $seed): "1" parses as either.
+                commands.append((words[1], [re.sub(r"\$\(.*\)|\$\w+", "1", w) for w in words[2:]]))
     return commands
 
 
