@@ -6,6 +6,7 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
     python bench.py --sections train,eval --compile   # also time torch.compile'd path (1), count its compilations
     python bench.py --sections train --profile 5      # torch.profiler's top ops of path (1) over 5 steps
     python bench.py --device cpu --sections group     # an & group of three People's Daily problems
+    python bench.py --device cpu --sections mlm       # a masked-LM step against transformers' BertForMaskedLM
 
 The paths, fed the identical batches:
   (1) ours         one step of multitask.main's loop as run_multi_task.py runs it with the device's default
@@ -30,7 +31,8 @@ PALs: path (1) with modeling_pals's model beside path (1) with EmBERT's, on the 
 Sections: train (one optimizer step), fwdbwd (forward+backward only), eval (forward only over dev sets, batches of
 --eval_batch_size; sorted by length and padded to the longest as multitask.predict, except the original: file order,
 padded to 128, logits to the host per batch), gated (Gated-BERT's step), pals (PALs' step beside EmBERT's), group
-(below), data (featurising every GLUE file cold in one process and in --workers processes, then from the cache).
+and mlm (below), data (featurising every GLUE file cold in one process and in --workers processes, then from the
+cache).
 Also: the host cost of path (1)'s batch pipeline, the projected time of the seed's 60,000-step run, --profile, and
 everything in --json.
 
@@ -45,6 +47,23 @@ multitask.main's loop runs it (make_batch per problem of the step, then multitas
 Reported: steps/s (optimizer steps: three per batch for three_singles), problem steps/s (problems trained per
 second: three per group step), the encoder passes per batch (counted with a forward hook on an untimed step), and
 the time ratios group / single and three_singles / group. Skipped, with a note, when People's Daily is not there.
+
+The mlm section: a masked-LM training step on real GLUE text, --mlm_problem (default rte_mlm, the README's auxiliary
+problem: masked LM on RTE's training texts), on the same batches, two ways:
+  ours          multitask.main's step for one mask_lm problem (the model --tasks rte_mlm builds): the batch from
+                multitask.training_batch (the drawn examples masked by problems.mask_tokens with a generator seeded
+                by (seed, step, micro-batch), padded by make_batch, the masked positions found on the host by
+                with_masked_positions), then multitask.training_step; the vocabulary logits at the M masked tokens
+                only, from the packed states
+  transformers  transformers.BertForMaskedLM with our model's weights (the task row's EmBERT embeddings folded into
+                the Q/K/V biases, where EmBERT adds them), given the same batch: the same masked ids padded as they
+                are (B, T), labels -100 at unmasked and padding positions; it computes the vocabulary logits at all
+                B x T positions. torch.optim.AdamW with clip_grad_norm_, as path (3)
+Both steps build their batch with training_batch (timed in both). Before timing, the two models' losses on one batch
+(fp32, no dropout) must agree within MLM_LOSS_TOLERANCE, or the section stops with an error: the same math is
+compared. Also reported: masked tokens per batch, the rows each path computes vocabulary logits on, and the share of
+its step its prediction head takes (transform, vocabulary logits and loss, forward and backward; timed alone on each
+batch's shapes over one round). Skipped, with a note, without transformers (or with --no_transformers).
 
 Batches: the training sets of the five small GLUE tasks in ../shared/glue (cola, mrpc, rte, sts, sst), tokenized with
 MiniLM's vocab (bert-base-uncased's); a task drawn per step by multitask.TaskSampler("anneal") with the real sizes at
@@ -90,6 +109,7 @@ import modeling_pals
 import multitask
 import optimization
 import problems
+import tokenization
 from glue_processors import TASKS, load_examples, load_features, task_file
 from original_reference import OriginalBertAdam, use_original_attention
 
@@ -125,11 +145,21 @@ PEAK_BF16_TFLOPS = (
 )
 # Defaults per device type: (warm-up steps, timed steps per round, rounds, eval examples per task (0 = whole dev)).
 RUN_DEFAULTS = {"cpu": (3, 10, 3, 128), "cuda": (20, 100, 5, 0)}
-SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "group", "data")
+SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "group", "mlm", "data")
 # The group section's & group: People's Daily problems with the same inputs (problems.PKU_PROBLEMS), its first
 # member also the single-problem path's problem; the data directory holding pku199801/ (run_multi_task's --data_dir).
 GROUP_PROBLEMS = ("pku_cws", "pku_ner", "pku_entity_types")
 DEFAULT_PROBLEMS_DATA_DIR = ROOT.parent / "shared"
+# The mlm section's problems: masked LM on one of the benchmark's GLUE tasks (problems.mlm_problem); by default the
+# README's auxiliary problem. Its loss check: float32 sums in another order (packed against padded, M rows against
+# B x T) differ by 3e-6 at most on the fixture's and ../shared's batches (a loss near ln(vocab_size) = 10.3); the
+# task row's embeddings left out of transformers' Q/K/V biases move a fresh MiniLM-sized model's loss by about 1e-3.
+MLM_PROBLEMS = tuple(task + problems.MLM_SUFFIX for task in BENCH_TASKS)
+DEFAULT_MLM_PROBLEM, MLM_LOSS_TOLERANCE = "rte_mlm", 1e-4
+# Rounds of the prediction head timed alone (its share of a step is an estimate beside the median step: one round).
+HEAD_ROUNDS = 1
+# BertForMaskedLM's output layer is tied to its word embeddings and output bias: these keys load with those.
+TRANSFORMERS_TIED_KEYS = frozenset({"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"})
 # Calls per measurement of the per-step batch pipeline (sampler draw, make_batch, copy to the device).
 PIPELINE_CALLS = 200
 # The data section: official size of MNLI train and its file size in bytes (../shared/glue/README.md, from the Git LFS
@@ -383,6 +413,37 @@ def original_runner(model, setting, frozen_parameters=None):
     return Runner("original", model, pad_to, train_step, forward_backward, predict, eval_pad_to=pad_to)
 
 
+def transformers_config(transformers, config, **extra):
+    """transformers.BertConfig with the sizes and settings of our `config` (plus `extra`)."""
+    return transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act, hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
+        layer_norm_eps=config.layer_norm_eps, **extra)
+
+
+def transformers_optimizer(model, device):
+    """torch.optim.AdamW as a Hugging Face user sets it up (foreach on CPU, fused on CUDA), with our schedule."""
+    # Hugging Face's run_glue rule: no decay for biases and LayerNorm weights.
+    decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optimization.WEIGHT_DECAY},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=LEARNING_RATE,
+                                  fused=fused or None, foreach=None if fused else True)
+    return optimizer, optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
+
+
+def transformers_update(model, optimizer, scheduler):
+    """Path (3)'s update after the backward pass: clip the global norm, step, schedule, drop the gradients."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.MAX_GRAD_NORM)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def transformers_runner(config, setting):
     """Path (3), or None with a printed note when transformers is not installed."""
     try:
@@ -391,22 +452,9 @@ def transformers_runner(config, setting):
         print("note: transformers is not installed: path (3) skipped (pip install transformers to include it)")
         return None
     device = setting.device
-    hf_config = transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act, hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
-        layer_norm_eps=config.layer_norm_eps, num_labels=2)
+    hf_config = transformers_config(transformers, config, num_labels=2)
     model = transformers.BertForSequenceClassification(hf_config).to(device).train()
-    # Hugging Face's run_glue rule: no decay for biases and LayerNorm weights.
-    decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optimization.WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=LEARNING_RATE,
-                                  fused=fused or None, foreach=None if fused else True)
-    scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
+    optimizer, scheduler = transformers_optimizer(model, device)
 
     def forward_backward(draw):
         batch = multitask.to_device(glue_processors.make_batch(
@@ -420,10 +468,7 @@ def transformers_runner(config, setting):
 
     def train_step(draw):
         forward_backward(draw)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.MAX_GRAD_NORM)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        transformers_update(model, optimizer, scheduler)
 
     @torch.no_grad()
     def predict(task, features):
@@ -488,6 +533,137 @@ def problem_path(name, model, setting, plan, loss_weights):
                 setting.autocast_dtype, heads=heads, loss_weights=step_weights))
 
     return ProblemPath(name, model, plan, train_step)
+
+
+@dataclass
+class MlmPath:
+    """A path of the mlm section: its training step on an item (step, Draw), and its prediction head alone (the
+    vocabulary logits' share of a step): the head's inputs for a batch, and its loss on them."""
+    name: str
+    model: torch.nn.Module
+    train_step: Callable  # (step, Draw) -> None
+    head_inputs: Callable  # (masked batch, loss denominator) -> (hidden states, labels, denominator), hidden first
+    head_loss: Callable  # (hidden, labels, denominator) -> the loss, as the model's forward computes it
+
+
+def ours_mlm_path(model, setting, masked_batch, loss_weight):
+    """The mlm section's path (1): one step of multitask.main's loop for a mask_lm problem (one process, gradient
+    accumulation 1): `masked_batch(item)` (training_batch and the loss denominator), then multitask.training_step
+    itself, its loss added to a multitask.LossTally."""
+    device = setting.device
+    model.to(device).train()
+    optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
+    scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
+    scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)  # as ours_runner
+    tally = multitask.LossTally.zeros(1, device)
+    weights = torch.tensor([loss_weight], device=device)  # on the device once, as multitask.main's group_weights
+
+    def train_step(item):
+        batch, denominator = masked_batch(item)
+        tally.add([0], multitask.training_step(model, model, [batch], 0, optimizer, scheduler, scaler,
+                                               setting.autocast_dtype, loss_weights=weights,
+                                               denominators=denominator))
+
+    def head_inputs(batch, denominator):  # the states of the M masked tokens (M, H)
+        hidden = torch.randn(len(batch["masked_index"]), model.config.hidden_size, device=device, requires_grad=True)
+        return hidden, batch["masked_labels"], denominator
+
+    def head_loss(hidden, labels, denominator):  # (M, H) -> logits (M, V) -> the loss, as BertForMultiTask's forward
+        logits = model.cls.predictions(hidden, model.bert.embeddings.word_embeddings.weight)
+        return modeling.LOSSES["mask_lm"](logits, labels, denominator)
+
+    return MlmPath("ours", model, train_step, head_inputs, head_loss)
+
+
+def transformers_mlm_state(model, task_id):
+    """Our masked-LM model's weights under transformers.BertForMaskedLM's names, which are ours (both follow the
+    checkpoints). With our_attn, task row `task_id`'s embeddings are added to the Q/K/V biases: EmBERT adds them to
+    every token's projections, a bias (BertSelfAttention.project). Left out: the task embeddings, the pooler (a masked
+    LM reads no pooled output) and any other problem's classifier."""
+    state = {name: value.detach().clone() for name, value in model.state_dict().items()
+             if name.startswith(("bert.", "cls.")) and not name.startswith("bert.pooler.") and "_task_emb." not in name}
+    if model.config.our_attn:
+        for i, layer in enumerate(model.bert.encoder.layer):
+            for part in ("query", "key", "value"):
+                state[f"bert.encoder.layer.{i}.attention.self.{part}.bias"] += \
+                    getattr(layer.attention.self, f"{part}_task_emb").weight[task_id].detach()
+    return state
+
+
+def transformers_masked_lm(transformers, model, task_id):
+    """transformers.BertForMaskedLM with our model's sizes and weights (transformers_mlm_state), on the CPU; a
+    ValueError naming the keys when they do not fit."""
+    hf = transformers.BertForMaskedLM(transformers_config(transformers, model.config))
+    missing, unexpected = hf.load_state_dict(transformers_mlm_state(model, task_id), strict=False)
+    missing = sorted(set(missing) - TRANSFORMERS_TIED_KEYS)
+    if missing or unexpected:
+        raise ValueError(f"bench.py: our weights do not fit transformers.BertForMaskedLM: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return hf
+
+
+def transformers_mlm_inputs(batch):
+    """BertForMaskedLM's inputs for one of our masked batches: the same masked ids, segments and mask, padded as they
+    are (B, T), and labels (B, T): each masked token's original id at its place, -100 (no loss) elsewhere and on
+    padding, as transformers' DataCollatorForLanguageModeling gives them. On the batch's device, no host sync."""
+    labels = torch.full_like(batch["input_ids"], modeling.IGNORE_INDEX)  # (B, T)
+    # masked_index: the masked tokens' places among the N packed tokens; token_index: those tokens' among the B x T
+    labels.view(-1)[batch["token_index"][batch["masked_index"]]] = batch["masked_labels"]
+    return {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
+            "attention_mask": batch["attention_mask"], "labels": labels}
+
+
+def transformers_mlm_path(hf, setting, masked_batch):
+    """The mlm section's path (2): BertForMaskedLM on the same batches as path (1), padded as they are, its update
+    as path (3)'s."""
+    device = setting.device
+    hf.to(device).train()
+    optimizer, scheduler = transformers_optimizer(hf, device)
+    vocab_size = hf.config.vocab_size
+
+    def train_step(item):
+        batch, _ = masked_batch(item)
+        with setting.autocast():
+            loss = hf(**transformers_mlm_inputs(batch)).loss
+        loss.backward()
+        transformers_update(hf, optimizer, scheduler)
+
+    def head_inputs(batch, denominator):  # the states at every position (B, T, H), padding included
+        hidden = torch.randn(*batch["input_ids"].shape, hf.config.hidden_size, device=device, requires_grad=True)
+        return hidden, transformers_mlm_inputs(batch)["labels"], denominator
+
+    def head_loss(hidden, labels, denominator):  # (B, T, H) -> logits (B, T, V) -> the loss, as its forward
+        logits = hf.cls(hidden)
+        return torch.nn.functional.cross_entropy(logits.view(-1, vocab_size), labels.view(-1))
+
+    return MlmPath("transformers", hf, train_step, head_inputs, head_loss)
+
+
+@torch.no_grad()
+def mlm_losses(model, hf, task_id, batch, denominator):
+    """(ours, transformers') loss on one masked batch, in fp32 and without dropout, as floats."""
+    model.eval()
+    hf.eval()
+    try:
+        _, ours = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                        multitask.batch_labels(batch), token_index=batch["token_index"],
+                        masked_index=batch["masked_index"], denominators=denominator)
+        theirs = hf(**transformers_mlm_inputs(batch)).loss
+    finally:
+        model.train()
+        hf.train()
+    return float(ours), float(theirs)
+
+
+def mlm_step_flops(model, lengths, masked):
+    """Model FLOPs of a masked-LM training step on a batch of real lengths `lengths` (B,) with `masked` masked tokens:
+    the encoder on the real tokens (FlopModel, less the pooler: the masked LM reads no pooled output), and the
+    prediction head (its transform, the tied vocabulary matrix and the output bias) on the masked tokens only. The
+    useful work, whatever rows a path computes logits on."""
+    encoder = dataclasses.replace(FlopModel.of(model), per_sequence=[0]).batch_flops(0, lengths, training=True)
+    head = (sum(p.numel() for p in model.cls.predictions.parameters())
+            + model.bert.embeddings.word_embeddings.weight.numel())
+    return encoder + TRAIN_FLOPS_PER_PARAMETER * head * masked
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -816,6 +992,93 @@ def group_section(args, device, precision, config, peak):
     return section
 
 
+def mlm_section(args, device, precision, config, peak):
+    """A masked-LM training step, ours against transformers' BertForMaskedLM with the same weights, on the same
+    masked batches of --mlm_problem (module docstring); None, with a one-line note, without transformers."""
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+    if transformers is None or args.no_transformers:
+        why = "--no_transformers is given" if transformers else "transformers is not installed (pip install it)"
+        print(f"note: mlm section skipped: it compares with transformers' BertForMaskedLM, and {why}")
+        return None
+    problem = problems.get_problem(args.mlm_problem)
+    features = problems.load_problem_features(problem, "train", args.data_dir, args.vocab_file, True, MAX_SEQ_LENGTH,
+                                              cache_dir=args.cache_dir)
+    setting = Setting(device, multitask.AUTOCAST_DTYPES.get(precision), [features], args.eval_batch_size)
+    # What training_batch reads of multitask.main's run: one process, one micro-batch of BATCH_SIZE, the problem as
+    # the only group, EmBERT's padding (to the longest), the vocabulary's special tokens.
+    run = multitask.Run(argparse.Namespace(max_seq_length=MAX_SEQ_LENGTH), multitask.METHODS["embert"], device,
+                        rank=0, world_size=1, precision=precision, micro_batch=BATCH_SIZE, heads=[problem],
+                        groups=[[0]], masking=problems.Masking.from_vocab(tokenization.load_vocab(args.vocab_file)))
+    # Items (step, Draw): the step seeds the masking of the draw, as the global step does in multitask.main; the
+    # warm-up's steps follow the timed ones', so no two items are masked alike.
+    timed = list(enumerate(draw_batches([len(features)], args.steps, args.seed, multitask.embert_alpha)))
+    warmup = list(enumerate(draw_batches([len(features)], args.warmup, args.seed + 1, multitask.embert_alpha),
+                            start=len(timed)))
+
+    def masked_batch(item):
+        """multitask.main's batch of one step (one micro-batch) on the device, and its loss denominator."""
+        step, draw = item
+        batch, counts = multitask.training_batch(run, [features], [0], draw.indices,
+                                                 masking_seeds=(args.seed, step, 0))
+        return batch, multitask.token_denominators([counts], run.world_size)[0]
+
+    torch.manual_seed(args.seed)
+    model, _ = multitask.build_model(multitask.METHODS["embert"], config, [problem])  # as --tasks <problem>
+    hf = transformers_masked_lm(transformers, model, task_id=0)
+    paths = [ours_mlm_path(model, setting, masked_batch, problem.loss_weight),
+             transformers_mlm_path(hf, setting, masked_batch)]
+    batches = [masked_batch(item) for item in timed]  # untimed: the check, the head's inputs, the work counted
+    ours_loss, hf_loss = mlm_losses(model, hf, 0, *batches[0])
+    if not abs(ours_loss - hf_loss) <= MLM_LOSS_TOLERANCE:  # a NaN fails too
+        raise RuntimeError(f"bench.py mlm section: ours and BertForMaskedLM disagree on one batch's loss with the "
+                           f"same weights ({ours_loss:.6f} against {hf_loss:.6f}): not the same computation")
+    print(f"{time.strftime('%H:%M:%S')} timed: mlm train ({len(paths)} paths x {args.repeats} rounds x "
+          f"{len(timed)} steps of {problem.name})", flush=True)
+    seconds = timed_rounds(paths, warmup, timed, args.repeats, device, lambda path, item: path.train_step(item))
+
+    # The prediction head alone on each batch's shapes (random states: the cost depends on the shapes only).
+    head_inputs = {path.name: [path.head_inputs(*batch) for batch in batches] for path in paths}
+
+    def head_pass(path, k):
+        hidden, labels, denominator = head_inputs[path.name][k]
+        with setting.autocast():
+            loss = path.head_loss(hidden, labels, denominator)
+        loss.backward()
+        hidden.grad = None
+        path.model.zero_grad(set_to_none=True)
+
+    head_seconds = timed_rounds(paths, [0], range(len(timed)), HEAD_ROUNDS, device, head_pass)
+
+    masked = [len(batch["masked_index"]) for batch, _ in batches]
+    work = {}
+    for path in paths:
+        totals = dict(steps=len(timed), sequences=0, real_tokens=0, padded_tokens=0, flops=0.0)
+        for (_, draw), count in zip(timed, masked):
+            lengths = features.lengths[draw.indices]
+            totals["sequences"] += len(lengths)
+            totals["real_tokens"] += int(lengths.sum())
+            totals["padded_tokens"] += len(lengths) * padded_width(lengths, None)  # both: make_batch's width
+            totals["flops"] += mlm_step_flops(model, lengths, count)
+        work[path.name] = totals
+    section = summarize(seconds, work, references=("ours",))
+    add_mfu(section, peak)
+    for path in paths:
+        result = section["paths"][path.name]
+        result["vocab_logit_rows_per_batch"] = statistics.mean(
+            inputs[0].shape[:-1].numel() for inputs in head_inputs[path.name])
+        result["head_seconds_per_step"] = statistics.median(map(sum, head_seconds[path.name])) / len(timed)
+        result["vocab_logits_share"] = result["head_seconds_per_step"] * result["steps_per_s"]
+    section["masked_tokens_per_batch"] = statistics.mean(masked)
+    section["loss_check"] = {"ours": ours_loss, "transformers": hf_loss, "abs_diff": abs(ours_loss - hf_loss),
+                             "tolerance": MLM_LOSS_TOLERANCE}
+    section["problem"] = problem.name
+    section["train_examples"] = len(features)
+    return section
+
+
 def count_encoder_passes(path, draw):
     """Encoder forward passes in one untimed training step of `path` on `draw`, counted by a forward hook."""
     calls = []
@@ -1010,6 +1273,17 @@ def print_group_section(title, section, device):
                                          for key, ratio in section["time_ratios"].items()))
 
 
+def print_mlm_section(title, section, device):
+    print_section(title, section, device)
+    paths, check = section["paths"], section["loss_check"]
+    print(f"masked tokens per batch {section['masked_tokens_per_batch']:.0f}; rows given vocabulary logits per batch: "
+          + ", ".join(f"{name} {p['vocab_logit_rows_per_batch']:.0f}" for name, p in paths.items())
+          + "; prediction head's share of a step: "
+          + ", ".join(f"{name} {p['vocab_logits_share']:.0%}" for name, p in paths.items()))
+    print(f"loss on one batch, same weights (fp32, no dropout): ours {check['ours']:.6f}, transformers "
+          f"{check['transformers']:.6f} (difference {check['abs_diff']:.1e})")
+
+
 def projection(results):
     """Hours for the seed's 60,000-step run at the measured training speeds, and SPEC 9's V100 anchor."""
     paths = results.get("train", {}).get("paths", {})
@@ -1080,6 +1354,9 @@ def parse_args(argv=None):
     parser.add_argument("--problems_data_dir", default=str(DEFAULT_PROBLEMS_DATA_DIR),
                         help="the group section's data: the directory holding pku199801/199801.txt (default "
                              "../shared)")
+    parser.add_argument("--mlm_problem", choices=MLM_PROBLEMS, default=DEFAULT_MLM_PROBLEM,
+                        help="the mlm section's problem: masked LM on that GLUE task's training texts in --data_dir "
+                             f"(default {DEFAULT_MLM_PROBLEM})")
     parser.add_argument("--workers", type=int, default=glue_processors.available_cpus(),
                         help="tokenizer processes of the data section's parallel run (default: every CPU)")
     parser.add_argument("--synthetic_mnli", action="store_true",
@@ -1145,17 +1422,19 @@ def main(argv=None):
               "eval": f"eval: forward only, batch {args.eval_batch_size}", "gated": "Gated-BERT train: one step",
               "pals": "PALs train: one step, beside EmBERT's (ours)",
               "group": f"group train: {'&'.join(GROUP_PROBLEMS)} against {GROUP_PROBLEMS[0]} alone and the three "
-                       "one by one"}
+                       "one by one",
+              "mlm": f"mlm train: {args.mlm_problem} (masked LM), ours against transformers.BertForMaskedLM"}
+    printers = {"group": print_group_section, "mlm": print_mlm_section}
 
     def report_sections(*keys):
         """Print what a section measured as soon as it is done, and write every number so far to --json (a run
         cut short still leaves its finished sections)."""
         for key in keys:
             if key in report:
-                (print_group_section if key == "group" else print_section)(titles[key], report[key], device)
+                printers.get(key, print_section)(titles[key], report[key], device)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
-    glue_sections = [s for s in args.sections if s not in ("group", "data")]  # on the GLUE batches
+    glue_sections = [s for s in args.sections if s not in ("group", "mlm", "data")]  # on the five tasks' batches
     if glue_sections:
         train_sets = [load_features(args.data_dir, t, "train", args.vocab_file, True, MAX_SEQ_LENGTH,
                                     cache_dir=args.cache_dir) for t in BENCH_TASKS]
@@ -1186,6 +1465,11 @@ def main(argv=None):
         if group is not None:
             report["group"] = group
             report_sections("group")
+    if "mlm" in args.sections:
+        mlm = mlm_section(args, device, precision, config, peak)
+        if mlm is not None:
+            report["mlm"] = mlm
+            report_sections("mlm")
     if "data" in args.sections:
         report["data"] = data_section(args)
 

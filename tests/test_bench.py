@@ -1,10 +1,12 @@
 """bench.py: its FLOP count against SPEC 9, the GPU peak table, the batches it draws, its ratios, and a smoke run of
 every section (not timed: 2 warm-up + 2 timed steps of the tiny config on real GLUE rows); the group section on the
-first lines of the real People's Daily file.
+first lines of the real People's Daily file; the mlm section on real SST-2 rows, its transformers model given our
+weights computing our logits and loss.
 
 The original code's computations that its path (2) runs are tested in tests/test_original_reference.py.
 """
 import json
+import math
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ import bench
 import modeling
 import modeling_gated
 import modeling_pals
+import problems
 from conftest import ROOT, fixture_glue_dir, minilm_dir, require
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
@@ -28,6 +31,10 @@ SPEC_ROUNDING = 0.01  # SPEC 9 gives two digits
 # The group section's test: the first lines (paragraphs) of People's Daily, enough for several batches of 32 rows.
 PEOPLE_DAILY = ROOT.parent / "shared" / "pku199801" / "199801.txt"
 PEOPLE_DAILY_LINES = 60
+# The mlm section's test: SST-2's short sentences keep transformers' logits at every position cheap.
+MLM_TEST_PROBLEM = "sst_mlm"
+# Two float32 computations of the same logits (packed against padded, another summation order).
+LOGITS_ATOL = 1e-5
 METRICS = ("steps_per_s", "sequences_per_s", "real_tokens_per_s", "real_tokens_per_batch", "padded_tokens_per_batch",
            "model_tflops_per_s")
 
@@ -87,6 +94,20 @@ def test_group_step_flops_count_each_head_on_what_it_reads():
     assert one == encoder + per_parameter * tagger * int(lengths.sum())
 
 
+def test_mlm_step_flops_count_the_head_on_masked_tokens_only():
+    config = modeling.BertConfig(**TINY)
+    model = modeling.BertForMultiTask(config, [0], ["mask_lm"])
+    lengths = torch.tensor([5, 9, 7])
+    # The prediction head: transform (dense H x H, LayerNorm), the tied vocabulary matrix (V x H) and its bias (V).
+    head = (32 * 32 + 32) + 2 * 32 + 99 * 32 + 99
+    assert bench.mlm_step_flops(model, lengths, 4) - bench.mlm_step_flops(model, lengths, 0) == \
+        bench.TRAIN_FLOPS_PER_PARAMETER * head * 4
+    # The encoder as FlopModel counts it, less the pooler (no pooled output read); nothing per sequence.
+    pooler = sum(p.numel() for p in model.bert.pooler.parameters())
+    assert bench.mlm_step_flops(model, lengths, 0) == (bench.FlopModel.of(model).batch_flops(0, lengths, True)
+                                                       - bench.TRAIN_FLOPS_PER_PARAMETER * pooler * len(lengths))
+
+
 @pytest.mark.parametrize("name,peak", [
     ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", 835.0),
     ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A100 80GB PCIe", 312.0),
@@ -140,7 +161,9 @@ def test_smoke_every_section(tmp_path, capsys):
     vocab = minilm_dir() / "vocab.txt"
     out = tmp_path / "bench.json"
     report = bench.main(["--device", "cpu", "--model", "tiny", "--warmup", "2", "--steps", "2", "--repeats", "1",
-                         "--sections", ",".join(bench.SECTIONS), "--eval_examples", "16", "--eval_batch_size", "8",
+                         # mlm: its own test below
+                         "--sections", ",".join(s for s in bench.SECTIONS if s != "mlm"),
+                         "--eval_examples", "16", "--eval_batch_size", "8",
                          "--data_dir", str(fixture_glue_dir()), "--vocab_file", str(vocab),
                          "--cache_dir", str(tmp_path / "cache"), "--workers", "2", "--profile", "1",
                          "--problems_data_dir", str(tmp_path / "no_people_daily"), "--json", str(out)])
@@ -222,6 +245,94 @@ def test_group_section_on_real_people_daily(tmp_path, capsys):
     assert group["problems"] == ["pku_cws", "pku_ner", "pku_entity_types"] and group["train_examples"] > 0
     printed = capsys.readouterr().out
     assert "== group train: pku_cws&pku_ner&pku_entity_types" in printed and "three_singles/group" in printed
+
+
+def transformers_or_skip():
+    try:
+        import transformers
+    except ImportError:
+        require(False, "needs transformers for the mlm section: pip install -r requirements-dev.txt")
+    return transformers
+
+
+def test_transformers_masked_lm_computes_our_logits_with_the_task_row_folded():
+    transformers = transformers_or_skip()
+    torch.manual_seed(0)
+    # A masked LM on task row 1 beside a classifier on row 0: the row's embeddings must be the ones folded in.
+    model = modeling.BertForMultiTask(modeling.BertConfig(**TINY), [2, 0], ["cls", "mask_lm"]).eval()
+    for layer in model.bert.encoder.layer:  # task embeddings far from their near-zero start, so a wrong row shows
+        for part in ("query", "key", "value"):
+            torch.nn.init.normal_(getattr(layer.attention.self, f"{part}_task_emb").weight)
+    lengths = torch.tensor([9, 16, 12])
+    mask = (torch.arange(16) < lengths[:, None]).long()  # (3, 16)
+    input_ids = torch.randint(5, TINY["vocab_size"], (3, 16)) * mask
+    token_type_ids = (torch.arange(16) >= 5).long() * mask
+    token_index = mask.flatten().nonzero().squeeze(1)  # every real token, masked or not: all logits compared
+    with torch.no_grad():
+        ours, _ = model(input_ids, token_type_ids, mask, 1, token_index=token_index,
+                        masked_index=torch.arange(len(token_index)))  # (N, V)
+        logits = {}
+        for row in (0, 1):
+            hf = bench.transformers_masked_lm(transformers, model, row).eval()
+            padded = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=mask).logits  # (B, T, V)
+            logits[row] = padded.reshape(-1, TINY["vocab_size"])[token_index]  # (N, V)
+    assert ours.shape == (int(lengths.sum()), TINY["vocab_size"])
+    torch.testing.assert_close(logits[1], ours, atol=LOGITS_ATOL, rtol=0)
+    assert (logits[0] - ours).abs().max() > 100 * LOGITS_ATOL  # the other row's embeddings: another model
+
+
+def test_transformers_mlm_labels_sit_at_the_masked_tokens_places():
+    # Two rows of 3 and 2 real tokens padded to 4; the packed tokens 1 and 4 masked (row 0 col 1, row 1 col 1).
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    batch = {"input_ids": torch.tensor([[2, 7, 3, 0], [2, 7, 0, 0]]), "token_type_ids": torch.zeros(2, 4).long(),
+             "attention_mask": mask, "token_index": mask.flatten().nonzero().squeeze(1),
+             "masked_index": torch.tensor([1, 4]), "masked_labels": torch.tensor([11, 12])}
+    labels = bench.transformers_mlm_inputs(batch)["labels"]
+    assert labels.tolist() == [[-100, 11, -100, -100], [-100, 12, -100, -100]]
+
+
+def test_mlm_section_on_real_glue_rows(tmp_path, capsys):
+    transformers_or_skip()
+    out = tmp_path / "bench.json"
+    report = bench.main(["--device", "cpu", "--model", "tiny", "--sections", "mlm", "--mlm_problem", MLM_TEST_PROBLEM,
+                         "--warmup", "1", "--steps", "2", "--repeats", "2", "--data_dir", str(fixture_glue_dir()),
+                         "--vocab_file", str(minilm_dir() / "vocab.txt"), "--cache_dir", str(tmp_path / "cache"),
+                         "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    mlm = saved["mlm"]
+    paths = mlm["paths"]
+    assert set(paths) == {"ours", "transformers"}
+    for name, path in paths.items():
+        for metric in (*METRICS, "head_seconds_per_step"):
+            assert path[metric] > 0, (name, metric)
+        assert 0 < path["vocab_logits_share"] < 1, name
+        assert len(path["seconds_per_round"]) == 2 and path["mfu"] is None  # CPU: no peak
+    assert set(mlm["ratios"]) == set(mlm["ratios_best"]) == {"ours/transformers"}
+    assert mlm["ratios"]["ours/transformers"] > 0
+    # The same batches: the same tokens; ours computes vocabulary logits at the masked tokens, transformers everywhere.
+    assert paths["ours"]["real_tokens_per_batch"] == paths["transformers"]["real_tokens_per_batch"]
+    assert paths["ours"]["vocab_logit_rows_per_batch"] == mlm["masked_tokens_per_batch"]
+    assert paths["transformers"]["vocab_logit_rows_per_batch"] == paths["transformers"]["padded_tokens_per_batch"]
+    # BERT's rate: about 15% of the word pieces ([CLS] and [SEP], two per SST-2 sentence, never).
+    pieces = paths["ours"]["real_tokens_per_batch"] - 2 * bench.BATCH_SIZE
+    assert mlm["masked_tokens_per_batch"] == pytest.approx(problems.MASK_RATE * pieces, rel=0.2)
+    # The same math: the two losses on one batch with the same weights, near ln(vocab) for a fresh model.
+    check = mlm["loss_check"]
+    assert abs(check["ours"] - check["transformers"]) == check["abs_diff"] <= bench.MLM_LOSS_TOLERANCE
+    assert check["ours"] == pytest.approx(math.log(saved["config"]["vocab_size"]), abs=0.5)
+    assert mlm["problem"] == MLM_TEST_PROBLEM and mlm["train_examples"] > 0
+    printed = capsys.readouterr().out
+    assert f"== mlm train: {MLM_TEST_PROBLEM} (masked LM), ours against transformers.BertForMaskedLM ==" in printed
+    assert "loss on one batch, same weights" in printed
+
+
+def test_mlm_section_without_transformers_says_why(tmp_path, capsys):
+    report = bench.main(["--device", "cpu", "--model", "tiny", "--sections", "mlm", "--no_transformers",
+                         "--vocab_file", str(minilm_dir() / "vocab.txt"), "--json", str(tmp_path / "bench.json")])
+    assert "mlm" not in report
+    assert [line for line in capsys.readouterr().out.splitlines() if "mlm section skipped" in line] == [
+        "note: mlm section skipped: it compares with transformers' BertForMaskedLM, and --no_transformers is given"]
 
 
 def test_bad_sections_flag_is_a_clear_error(capsys):
