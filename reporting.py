@@ -18,6 +18,7 @@ without the events that the resumed run writes again (those after its checkpoint
 (tag, step) appears once, for any reader of the files, not only TensorBoard's own.
 """
 import os
+import time
 from pathlib import Path
 
 REPORT_TO_CHOICES = ("tensorboard",)
@@ -25,6 +26,8 @@ REPORT_TO_CHOICES = ("tensorboard",)
 EPOCH_TAGS = ("train/alpha", "train/share/")
 # Event files are named events.out.tfevents.<time>.<host>...; TensorBoard reads a directory's files in name order.
 EVENT_FILE_GLOB = "events.out.tfevents.*"
+EVENT_FILE_SECOND_FIELD = 3  # events.out.tfevents.<seconds since the epoch>.<host>.<pid>.<n>
+CLOCK_POLL_SECONDS = 0.05
 
 
 class NullReporter:
@@ -103,7 +106,18 @@ def open_reporter(report_to, log_dir, resume_step=None):
             path.unlink()
         else:
             drop_replayed_events(path, resume_step)
+    wait_for_a_later_second(log_dir)
     return TensorBoardReporter(SummaryWriter(log_dir=str(log_dir)))
+
+
+def wait_for_a_later_second(log_dir):
+    """Sleep (at most a second) until the clock's second is past every event file's in `log_dir`. TensorBoard reads a
+    directory's files in name order, and a name is events.out.tfevents.<second>.<host>.<pid>...: a run resumed within
+    the second its interrupted process started would otherwise sort by process id, perhaps before the older file."""
+    seconds = [int(part) for path in log_dir.glob(EVENT_FILE_GLOB)
+               if (part := path.name.split(".")[EVENT_FILE_SECOND_FIELD]).isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(CLOCK_POLL_SECONDS)
 
 
 def _replayed(event, resume_step):

@@ -1,5 +1,6 @@
 """reporting.py: the TensorBoard event files hold the expected tags at the expected steps (read back with TensorBoard's
 own reader), a resumed run's files hold each (tag, step) once, and the optional install fails in one line."""
+import os
 import sys
 from collections import Counter
 
@@ -86,6 +87,23 @@ def test_resumed_run_has_no_duplicate_steps(tmp_path, resume_epoch, resume_step)
     assert [s for s, _ in scalars["train/loss/rte"]] == [10, 20, 30, 40]
     assert [s for s, _ in scalars["train/alpha"]] == [0, 20]
     assert [s for s, _ in scalars["dev/score"]] == [20, 40]
+
+
+def test_a_run_resumed_within_the_same_second_sorts_after_the_interrupted_one(tmp_path, monkeypatch):
+    """TensorBoard reads event files in name order, events.out.tfevents.<second>.<host>.<pid>...: a resumed process
+    with a smaller process id, started in the interrupted one's second, must still come after it."""
+    tensorboard_reader()
+    log_dir = tmp_path / "tensorboard"
+    interrupted = reporting.open_reporter("tensorboard", log_dir)
+    interrupted.train(10, {"rte": 0.7}, lr=1e-4)
+    interrupted.close()
+    monkeypatch.setattr(os, "getpid", lambda: 1)  # "1." sorts before any longer pid at the same second
+    resumed = reporting.open_reporter("tensorboard", log_dir, resume_step=10)
+    resumed.train(20, {"rte": 0.6}, lr=1e-4)
+    resumed.close()
+    first, second = sorted(path.name for path in log_dir.iterdir())
+    assert second.split(".")[reporting.EVENT_FILE_SECOND_FIELD + 2] == "1"  # the resumed run's file, last
+    assert [s for s, _ in read_scalars(log_dir)["train/loss/rte"]] == [10, 20]
 
 
 def test_reader_keeps_a_step_written_twice(tmp_path):
