@@ -221,17 +221,6 @@ def padded_width(lengths, pad_to):
     return -(-int(lengths.max()) // multitask.PAD_MULTIPLE) * multitask.PAD_MULTIPLE
 
 
-def subset_features(features, indices):
-    """The examples at `indices` (in that order) as their own packed Features."""
-    lengths = features.lengths[indices]
-    ids = torch.cat([features.input_ids[start:start + n]
-                     for start, n in zip(features.offsets[indices].tolist(), lengths.tolist())])
-    offsets = torch.zeros(len(indices) + 1, dtype=torch.int64)
-    offsets[1:] = lengths.cumsum(0)
-    return glue_processors.Features(ids, offsets, features.segment_a_len[indices],
-                                    None if features.labels is None else features.labels[indices])
-
-
 @dataclass(frozen=True)
 class FlopModel:
     """Parameters multiplied once per token and once per sequence (per task), and the attention's sizes."""
@@ -866,7 +855,7 @@ def eval_section(args, setting, runners, flops, peak):
                                  cache_dir=args.cache_dir)
         if args.eval_examples and args.eval_examples < len(features):
             keep = torch.randperm(len(features), generator=generator)[:args.eval_examples].sort().values
-            features = subset_features(features, keep)  # in file order: the original evaluated in file order
+            features = multitask.take_examples(features, keep)  # in file order: the original evaluated in file order
         eval_sets.append((t, features))
     print(f"{time.strftime('%H:%M:%S')} timed: eval ({len(runners)} paths x {args.repeats} rounds x "
           f"{sum(len(f) for _, f in eval_sets)} dev examples)", flush=True)

@@ -153,22 +153,26 @@ def test_ratios_are_ours_and_ours_compiled_against_every_other_path():
 
 # ---------------------------------------------------------------------------------------------------- smoke run
 
+def run_bench(tmp_path, *flags):
+    """bench.main on the CPU with the tiny model and `flags`; its report, checked equal to the JSON file it wrote."""
+    out = tmp_path / "bench.json"
+    report = bench.main(["--device", "cpu", "--model", "tiny", *map(str, flags), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    return saved
+
+
 def test_smoke_every_section(tmp_path, capsys):
     try:
         import transformers  # noqa: F401
     except ImportError:
         require(False, "needs transformers for path (3): pip install -r requirements-dev.txt")
     vocab = minilm_dir() / "vocab.txt"
-    out = tmp_path / "bench.json"
-    report = bench.main(["--device", "cpu", "--model", "tiny", "--warmup", "2", "--steps", "2", "--repeats", "1",
-                         # mlm: its own test below
-                         "--sections", ",".join(s for s in bench.SECTIONS if s != "mlm"),
-                         "--eval_examples", "16", "--eval_batch_size", "8",
-                         "--data_dir", str(fixture_glue_dir()), "--vocab_file", str(vocab),
-                         "--cache_dir", str(tmp_path / "cache"), "--workers", "2", "--profile", "1",
-                         "--problems_data_dir", str(tmp_path / "no_people_daily"), "--json", str(out)])
-    saved = json.loads(out.read_text())
-    assert saved == json.loads(json.dumps(report))
+    saved = run_bench(tmp_path, "--warmup", 2, "--steps", 2, "--repeats", 1,
+                      "--sections", ",".join(s for s in bench.SECTIONS if s != "mlm"),  # mlm: its own test below
+                      "--eval_examples", 16, "--eval_batch_size", 8, "--data_dir", fixture_glue_dir(),
+                      "--vocab_file", vocab, "--cache_dir", tmp_path / "cache", "--workers", 2, "--profile", 1,
+                      "--problems_data_dir", tmp_path / "no_people_daily")
     for section, paths in (("train", ("ours", "original", "transformers")),
                            ("fwdbwd", ("ours", "original", "transformers")),
                            ("eval", ("ours", "original", "transformers")), ("gated", ("ours", "original")),
@@ -212,13 +216,9 @@ def test_group_section_on_real_people_daily(tmp_path, capsys):
     (data_dir / "pku199801").mkdir(parents=True)
     lines = PEOPLE_DAILY.read_text(encoding="utf-8").splitlines(keepends=True)[:PEOPLE_DAILY_LINES]
     (data_dir / "pku199801" / "199801.txt").write_text("".join(lines), encoding="utf-8")
-    out = tmp_path / "bench.json"
-    report = bench.main(["--device", "cpu", "--model", "tiny", "--sections", "group", "--warmup", "1", "--steps", "2",
-                         "--repeats", "2", "--problems_data_dir", str(data_dir),
-                         "--vocab_file", str(minilm_dir() / "vocab.txt"), "--cache_dir", str(tmp_path / "cache"),
-                         "--json", str(out)])
-    saved = json.loads(out.read_text())
-    assert saved == json.loads(json.dumps(report))
+    saved = run_bench(tmp_path, "--sections", "group", "--warmup", 1, "--steps", 2, "--repeats", 2,
+                      "--problems_data_dir", data_dir, "--vocab_file", minilm_dir() / "vocab.txt",
+                      "--cache_dir", tmp_path / "cache")
     group = saved["group"]
     paths = group["paths"]
     assert set(paths) == {"group", "single", "three_singles"}
@@ -293,13 +293,9 @@ def test_transformers_mlm_labels_sit_at_the_masked_tokens_places():
 
 def test_mlm_section_on_real_glue_rows(tmp_path, capsys):
     transformers_or_skip()
-    out = tmp_path / "bench.json"
-    report = bench.main(["--device", "cpu", "--model", "tiny", "--sections", "mlm", "--mlm_problem", MLM_TEST_PROBLEM,
-                         "--warmup", "1", "--steps", "2", "--repeats", "2", "--data_dir", str(fixture_glue_dir()),
-                         "--vocab_file", str(minilm_dir() / "vocab.txt"), "--cache_dir", str(tmp_path / "cache"),
-                         "--json", str(out)])
-    saved = json.loads(out.read_text())
-    assert saved == json.loads(json.dumps(report))
+    saved = run_bench(tmp_path, "--sections", "mlm", "--mlm_problem", MLM_TEST_PROBLEM, "--warmup", 1, "--steps", 2,
+                      "--repeats", 2, "--data_dir", fixture_glue_dir(), "--vocab_file", minilm_dir() / "vocab.txt",
+                      "--cache_dir", tmp_path / "cache")
     mlm = saved["mlm"]
     paths = mlm["paths"]
     assert set(paths) == {"ours", "transformers"}
