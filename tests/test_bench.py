@@ -17,13 +17,12 @@ import modeling_gated
 import modeling_pals
 import problems
 from conftest import ROOT, fixture_glue_dir, minilm_dir, require
+from helpers import TINY_HEADS, tiny_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
 
 # Odd tiny sizes (Google BERT's test style), so that a transposed or mixed-up dimension cannot go unnoticed.
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, our_attn=True)
-TINY_HEADS = [2, 3, 1]  # binary, 3-way, regression (as STS-B)
+TINY = tiny_dict(our_attn=True)
 GATED_LENGTH = 12  # the gated tiny model's max_seq_length
 # SPEC 9: training BERT-base at length 128 costs about 0.52 GFLOP per token.
 BASE_GFLOP_PER_TOKEN = 0.52

@@ -24,8 +24,8 @@ import run_multi_task
 import run_multi_task_gated
 import run_test_multi_task
 from conftest import ROOT, fixture_glue_dir, minilm_dir
+from helpers import interrupt_at_step, read_jsonl
 from glue_processors import load_features, make_batch
-from test_run_multi_task import interrupt_at_step, read_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICE = torch.device("cuda")

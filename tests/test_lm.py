@@ -16,8 +16,9 @@ import glue_processors
 import modeling
 import multitask
 import problems
-from conftest import FIXTURES, ROOT, fixture_glue_dir, minilm_dir, require, write_problems
+from conftest import FIXTURES, ROOT, fixture_glue_dir, minilm_dir, require
 from glue_processors import IGNORE_INDEX, Example, Features, Problem, make_batch
+from helpers import TINY, write_problems
 from modeling import LOSSES, BertConfig, BertForMultiTask
 from problems import (
     MASK_RATE, MASK_TOKEN_SHARE, NSP_IS_NEXT, NSP_RANDOM, NSP_RANDOM_SHARE, RANDOM_TOKEN_SHARE, Masking, get_problem,
@@ -39,9 +40,7 @@ SENTENCES_PER_LONG_TEXT = 8  # real sentences joined into one text: ~100 pieces,
 SIGMAS = 4.5  # a seeded draw is checked within this many binomial standard deviations (p ~ 7e-6 two-sided)
 SEED = 20240612
 
-# A tiny, deliberately odd BERT for the model tests (google-research/bert's style: vocab 99, hidden 32, ...).
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64)
+# The model tests' tiny, deliberately odd BERT is helpers.TINY (vocab 99, hidden 32, ...); its vocabulary's ids:
 PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 2, 3, 4  # the tiny vocabulary's specials (ids 5..98 are words)
 FIRST_WORD_ID = 5
 TINY_MASKING = Masking(MASK_ID, (PAD_ID, CLS_ID, SEP_ID), TINY["vocab_size"])

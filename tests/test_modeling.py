@@ -8,7 +8,6 @@ that a transposed or mixed-up dimension cannot go unnoticed. Everything runs on 
 import copy
 import dataclasses
 import json
-import math
 import re
 
 import pytest
@@ -19,6 +18,8 @@ from torch import nn
 
 import original_reference
 from conftest import ROOT, minilm_dir, require
+from helpers import (PAD_ID, TINY, TINY_HEADS, assert_std, bert_checkpoint, hugging_face_extras, layer_norm_names,
+                     make_batch, write_state)
 import modeling
 from modeling import BertConfig, BertForMultiTask, count_parameters, load_pretrained
 
@@ -34,12 +35,6 @@ EMBERT_BASE_PARAMETERS = 109_715_728
 SHARED_BASE_PARAMETERS = 109_494_544
 # SPEC 5.2: 3 x hidden x layers per task for BERT-base (+0.025% per task, as the paper's abstract says).
 BASE_PARAMETERS_PER_TASK = 27_648
-
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64)
-# Three heads: binary and 3-way classification, and a regression head (as STS-B).
-TINY_HEADS = [2, 3, 1]
-PAD_ID = 0  # Google BERT's [PAD] id, what the features pad with (SPEC 3)
 
 # all-MiniLM-L6-v2 on [CLS] hello world [SEP] (bert-base-uncased ids), fp32, taken from transformers' BertModel.
 HELLO_WORLD_IDS = [101, 7592, 2088, 102]
@@ -66,26 +61,6 @@ def tiny_model(our_attn=True, seed=0, heads=TINY_HEADS, **overrides):
     return BertForMultiTask(tiny_config(our_attn=our_attn, **overrides), heads).eval()
 
 
-def make_batch(lengths, pad_to=None, seed=0, low=1, high=TINY["vocab_size"], cls_sep=None):
-    """Random sequences of the given lengths, padded with PAD_ID to `pad_to` (default: the longest).
-
-    Returns input_ids, token_type_ids, attention_mask, each (B, T). The second half of each sequence is segment 1, as
-    a sentence pair; `cls_sep` = (cls id, sep id) puts them at the two ends, as real features have.
-    """
-    g = torch.Generator().manual_seed(seed)
-    T = pad_to or max(lengths)
-    ids = torch.full((len(lengths), T), PAD_ID)
-    types = torch.zeros_like(ids)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(low, high, (n,), generator=g)
-        if cls_sep:
-            ids[row, 0], ids[row, n - 1] = cls_sep
-        types[row, n // 2:n] = 1
-        mask[row, :n] = 1
-    return ids, types, mask
-
-
 def assert_close(actual, expected, atol=EQUAL_ATOL):
     torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
 
@@ -96,15 +71,6 @@ def assert_same_logits(model_a, model_b):
     with torch.no_grad():
         for task in range(len(TINY_HEADS)):
             assert torch.equal(model_a(*batch, task)[0], model_b(*batch, task)[0])
-
-
-def write_state(state, path):
-    """Write a state dict as safetensors or a torch file, chosen by the suffix; returns the path."""
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    else:
-        torch.save(state, path)
-    return path
 
 
 def import_transformers():
@@ -317,50 +283,6 @@ def test_sdpa_equals_original_attention(our_attn, task, labels):
 
 # ---------------------------------------------------------------------------------------------------- 7. checkpoints
 
-def layer_norm_names(style):
-    return {"hf": ("weight", "bias"), "old": ("gamma", "beta")}[style]
-
-
-def bert_checkpoint(config, prefix, layer_norm, seed=0):
-    """Random weights under Google BERT's parameter names, written out here as the checkpoints have them.
-
-    `prefix`: "bert." (Hugging Face BertFor*, the original EmBERT code) or "" (a bare encoder); `layer_norm`: "hf"
-    (LayerNorm.weight/bias) or "old" (LayerNorm.gamma/beta: Google BERT converted the old way, the original code).
-    """
-    H, I = config.hidden_size, config.intermediate_size
-    scale, shift = layer_norm_names(layer_norm)
-    shapes = {
-        "embeddings.word_embeddings.weight": (config.vocab_size, H),
-        "embeddings.position_embeddings.weight": (config.max_position_embeddings, H),
-        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, H),
-        f"embeddings.LayerNorm.{scale}": (H,),
-        f"embeddings.LayerNorm.{shift}": (H,),
-        "pooler.dense.weight": (H, H),
-        "pooler.dense.bias": (H,),
-    }
-    for n in range(config.num_hidden_layers):
-        shapes.update({
-            f"encoder.layer.{n}.attention.self.query.weight": (H, H),
-            f"encoder.layer.{n}.attention.self.query.bias": (H,),
-            f"encoder.layer.{n}.attention.self.key.weight": (H, H),
-            f"encoder.layer.{n}.attention.self.key.bias": (H,),
-            f"encoder.layer.{n}.attention.self.value.weight": (H, H),
-            f"encoder.layer.{n}.attention.self.value.bias": (H,),
-            f"encoder.layer.{n}.attention.output.dense.weight": (H, H),
-            f"encoder.layer.{n}.attention.output.dense.bias": (H,),
-            f"encoder.layer.{n}.attention.output.LayerNorm.{scale}": (H,),
-            f"encoder.layer.{n}.attention.output.LayerNorm.{shift}": (H,),
-            f"encoder.layer.{n}.intermediate.dense.weight": (I, H),
-            f"encoder.layer.{n}.intermediate.dense.bias": (I,),
-            f"encoder.layer.{n}.output.dense.weight": (H, I),
-            f"encoder.layer.{n}.output.dense.bias": (H,),
-            f"encoder.layer.{n}.output.LayerNorm.{scale}": (H,),
-            f"encoder.layer.{n}.output.LayerNorm.{shift}": (H,),
-        })
-    g = torch.Generator().manual_seed(seed)
-    return {prefix + name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
-
-
 def original_embert_checkpoint(config, num_labels_per_task, seed=0):
     """A state dict of the original EmBERT code's BertForMultiTask, under its own names (SPEC 5.5)."""
     state = bert_checkpoint(config, "bert.", "old", seed)
@@ -439,21 +361,6 @@ def test_compiled_model_state_dict_loads(tmp_path):
     target = tiny_model(seed=1)
     assert load_pretrained(target, write_state(state, tmp_path / "model.pth"), require_all=True) == []
     assert_same_logits(source, target)
-
-
-def hugging_face_extras(config):
-    """Keys a Hugging Face BertForPreTraining checkpoint has that no model here uses."""
-    H = config.hidden_size
-    return {
-        "bert.embeddings.position_ids": torch.arange(config.max_position_embeddings)[None],
-        "cls.predictions.bias": torch.zeros(config.vocab_size),
-        "cls.predictions.transform.dense.weight": torch.zeros(H, H),
-        "cls.predictions.transform.dense.bias": torch.zeros(H),
-        "cls.predictions.transform.LayerNorm.weight": torch.ones(H),
-        "cls.predictions.transform.LayerNorm.bias": torch.zeros(H),
-        "cls.seq_relationship.weight": torch.zeros(2, H),
-        "cls.seq_relationship.bias": torch.zeros(2),
-    }
 
 
 @pytest.mark.parametrize("our_attn", [True, False])
@@ -611,19 +518,6 @@ def test_num_tasks_disagreeing_with_heads():
 
 
 # ---------------------------------------------------------------------------------------------------- 9. init, config
-
-INIT_STD = 0.02  # SPEC 5.4, the config's initializer_range
-# n normal draws estimate the std with a relative standard error of 1 / sqrt(2 n) and the mean with std / sqrt(n);
-# allow 5 of them. Even the smallest tensor (a 32-draw head) then rejects torch's defaults: nn.Linear's
-# uniform init has std 1 / sqrt(3 fan_in), 0.10 at fan_in 32 (5 times INIT_STD), nn.Embedding's is N(0, 1).
-STANDARD_ERRORS = 5
-
-
-def assert_std(values, name):
-    n = values.numel()
-    assert values.std().item() == pytest.approx(INIT_STD, rel=STANDARD_ERRORS / math.sqrt(2 * n)), name
-    assert abs(values.mean().item()) < STANDARD_ERRORS * INIT_STD / math.sqrt(n), name
-
 
 def test_initialisation():
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import modeling
 import optimization
 from conftest import ROOT
-from test_modeling import assert_std, bert_checkpoint
+from helpers import TINY_HEADS, assert_std, bert_checkpoint, tiny_dict
 from modeling import count_parameters, load_pretrained
 from modeling_gated import BertConfig, BertForMultiTask, GatedSelfAttention, anneal_alpha, frozen_parameters
 
@@ -37,10 +37,7 @@ SCALARS = ("q_1", "k_1", "q_2", "k_2", "v")
 # The per-task adapter lists of the gated layer (original names): low-rank query and key pairs, full value adapter.
 ADAPTER_LISTS = ("query_list", "query_list2", "key_list", "key_list2", "value_list")
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, our_attn=True, hidden_size_aug=5, max_seq_length=12)
-# Three heads: binary and 3-way classification, and a regression head (as STS-B).
-TINY_HEADS = [2, 3, 1]
+TINY = tiny_dict(num_hidden_layers=3, our_attn=True, hidden_size_aug=5, max_seq_length=12)
 TINY_LABELS = {0: [0, 1, 1], 1: [2, 0, 1], 2: [0.2, 0.9, 0.5]}  # one label per row of `make_batch()`, per task
 LENGTHS = [12, 7, 9]  # real tokens per row, padded to max_seq_length: one full row, two padded
 PAD_ID = 0  # Google BERT's [PAD] id, what the features pad with (SPEC 3)

@@ -20,10 +20,11 @@ from torch import nn
 import modeling
 import optimization
 from conftest import ROOT
+from helpers import (TINY_HEADS, assert_std, bert_checkpoint, hugging_face_extras, make_batch, tiny_dict,
+                     write_state)
 from modeling import TokenLayout, count_parameters, load_pretrained
 from modeling_pals import (PAL_ATTENTION_HEADS, PALS_KEY, BertConfig, BertForMultiTask, check_aliases, configure,
                            hidden_size_aug_of, shared_names)
-from test_modeling import assert_std, bert_checkpoint, hugging_face_extras, make_batch, write_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
 
@@ -35,9 +36,7 @@ SHARED_BASE_PARAMETERS = 109_494_544
 DEFAULT_H_AUG = 204  # the original's pals_config.json
 MINILM_SIZES = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, hidden_size_aug=18)
-TINY_HEADS = [2, 3, 1]  # binary and 3-way classification, and a regression head (as STS-B)
+TINY = tiny_dict(hidden_size_aug=18)
 LENGTHS = [9, 4, 13]  # real tokens per row: padded to the longest or beyond
 TASK = 1  # the batch's task: other tasks on both sides of it
 LABELS = torch.tensor([0, 2, 1])  # task TASK's labels for the rows of LENGTHS

@@ -13,15 +13,14 @@ import modeling
 import modeling_gated
 import modeling_pals
 import optimization
+from helpers import TINY_HEADS, tiny_dict
 from original_reference import (OriginalBertAdam, OriginalGatedSelfAttention, OriginalSelfAttention,
                                 use_original_attention)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
 
 # Odd tiny sizes (Google BERT's test style), so that a transposed or mixed-up dimension cannot go unnoticed.
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, our_attn=True)
-TINY_HEADS = [2, 3, 1]  # binary, 3-way, regression (as STS-B)
+TINY = tiny_dict(our_attn=True)
 LENGTHS = [12, 7, 9]  # real tokens per row: one full row, two padded
 GATED_LENGTH = 12  # the gated tiny model's max_seq_length: every batch is padded to it
 PALS_HIDDEN_SIZE_AUG = 18  # a multiple of modeling_pals.PAL_ATTENTION_HEADS (6), odd against hidden 32

@@ -13,8 +13,9 @@ import torch
 import glue_processors
 import modeling
 import problems
-from conftest import FIXTURES, fixture_glue_dir, require, write_problems
+from conftest import FIXTURES, fixture_glue_dir, require
 from glue_processors import IGNORE_INDEX, PROBLEM_TYPES, TASKS, Features, Problem, Task, make_batch
+from helpers import write_problems
 from problems import (
     PROBLEMS, TYPES, TaggedSentence, convert_problem_examples, encode_word_rows, get_problem, load_problem_features,
     predictions_from_logits, problem_from_record, problem_metrics, problem_score, read_examples, read_problems_file,

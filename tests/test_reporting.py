@@ -7,23 +7,7 @@ from collections import Counter
 import pytest
 
 import reporting
-from conftest import require
-
-
-def tensorboard_reader():
-    try:
-        from tensorboard.backend.event_processing import event_accumulator
-    except ImportError:
-        require(False, "needs tensorboard: pip install tensorboard")
-    return event_accumulator
-
-
-def read_scalars(log_dir):
-    """{tag: [(step, value), ...]} as TensorBoard reads the directory (every point kept: size guidance 0)."""
-    event_accumulator = tensorboard_reader()
-    accumulator = event_accumulator.EventAccumulator(str(log_dir), size_guidance={event_accumulator.SCALARS: 0})
-    accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+from helpers import read_scalars, tensorboard_reader
 
 
 def report_epoch(reporter, epoch, steps_per_epoch, log_steps, first_step=0):

@@ -9,36 +9,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import multitask
 import run_multi_task
-from conftest import ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir, write_problems
-
-SMALL_TASKS = "cola,mrpc,rte,sts,sst"
-OUTPUT_FILES = ("args.json", "config.json", "vocab.txt", "train.log", "train_log.jsonl", "eval_results.jsonl",
-                "best_model.pth", "last_checkpoint.pth")
+from conftest import ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir
+from helpers import (OUTPUT_FILES, SMALL_TASKS, interrupt_at_step, read_jsonl, read_scalars, seed_command,
+                     write_problems)
 
 
 def run(argv, method=run_multi_task.METHOD):
     multitask.main(multitask.parse_args(run_multi_task.__doc__, [str(a) for a in argv]), method)
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def seed_command(output_dir, data_dir, config, minilm, cache_dir):
-    """The README's seed command with the substitutions of the CPU reproduction."""
-    return ["--seed", 1, "--output_dir", output_dir, "--tasks", SMALL_TASKS, "--sample", "anneal", "--multi",
-            "--do_train", "--do_eval", "--do_lower_case", "--data_dir", f"{data_dir}/", "--vocab_file",
-            minilm / "vocab.txt", "--bert_config_file", config, "--init_checkpoint", minilm / "model.safetensors",
-            "--max_seq_length", 128, "--train_batch_size", 32, "--learning_rate", 2e-5, "--num_train_epochs", 2,
-            "--gradient_accumulation_steps", 1, "--steps_per_epoch", 20, "--no_cuda", "--cache_dir", cache_dir,
-            "--eval_batch_size", 64]
 
 
 @pytest.fixture(scope="session")
@@ -114,20 +97,6 @@ def test_train_without_eval_keeps_the_final_model(tmp_path, tiny_config):
 def run_script(argv, env=None, **popen):
     return subprocess.Popen([sys.executable, "run_multi_task.py", *map(str, argv)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def interrupt_at_step(process, log, global_step, timeout=120, signum=signal.SIGINT):
-    """Ctrl-C (SIGINT, or `signum`) a running training process once its `log` (train_log.jsonl) has reached
-    `global_step`; its output, once it has saved its checkpoint and exited with 128 + the signal's number."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if log.exists() and any(r.get("global_step", 0) >= global_step for r in read_jsonl(log) if "loss" in r):
-            process.send_signal(signum)
-            break
-        time.sleep(0.005)
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == multitask.SIGNAL_EXIT_BASE + signum, output
-    return output
 
 
 # An & group of two problems on the same texts (one tsv, two label columns) and a GLUE task as a second group.
@@ -521,7 +490,6 @@ def test_report_to_tensorboard_writes_the_curves(tmp_path, tiny_config):
 def test_report_to_tensorboard_resumed_curves_equal_straight(tmp_path, tiny_config):
     """Interrupted at step 7 and resumed: the event files hold each (tag, step) once, with the uninterrupted run's
     values (a CPU resume is bit-identical)."""
-    from test_reporting import read_scalars  # skips (fails in CI) without tensorboard
     command = lambda out: tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 100, "--do_eval",
                                        "--eval_batch_size", 64, "--report_to", "tensorboard")
     run(command(tmp_path / "straight"))

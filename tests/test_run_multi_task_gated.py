@@ -11,7 +11,7 @@ import torch
 import multitask
 import run_multi_task_gated
 from conftest import fixture_glue_dir, minilm_dir
-from test_run_multi_task import OUTPUT_FILES, SMALL_TASKS, read_jsonl, seed_command
+from helpers import OUTPUT_FILES, SMALL_TASKS, read_jsonl, seed_command
 
 GATED_STEPS = 4  # optimizer steps per epoch
 

@@ -14,8 +14,8 @@ import modeling_pals
 import multitask
 import run_multi_task_pals
 from conftest import fixture_glue_dir, minilm_dir
+from helpers import OUTPUT_FILES, SMALL_TASKS, read_jsonl, seed_command
 from modeling import BERT_PARAMETER
-from test_run_multi_task import OUTPUT_FILES, SMALL_TASKS, read_jsonl, seed_command
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # a busy machine's thread pool waits for its slowest thread
 

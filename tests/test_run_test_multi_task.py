@@ -26,12 +26,12 @@ import run_multi_task_pals
 import run_test_multi_task
 from conftest import fixture_glue_dir, minilm_dir, require, shared_glue_dir
 from glue_processors import ALL_TASKS, TASKS
+from helpers import tiny_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
 
 # A tiny encoder over MiniLM's real vocabulary (bert-base-uncased, 30522 tokens); odd sizes, as Google BERT's tests.
-TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=128, our_attn=True)
+TINY = tiny_dict(vocab_size=30522, max_position_embeddings=128, our_attn=True)
 MAX_SEQ_LENGTH = 64  # short: Gated-BERT pads every example to it
 OTHER_LENGTH = TINY["max_position_embeddings"]  # a valid length that Gated-BERT's gate was not built for
 GATED_RANK = 6  # --h_aug of the Gated run: the adapters' rank, odd on purpose
