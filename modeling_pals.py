@@ -18,7 +18,7 @@ Differences from modeling.py (everything else is imported from it):
   `state_dict()` lists every alias (the original's checkpoints hold them all), `parameters()` each tensor once.
   `load_state_dict` refuses a state dict whose aliases disagree, naming them.
 Parameter names are the original BERT-and-PALs code's (`multi_layers.{t}.attn.query`, `mult_aug_dense`, ...), so its
-checkpoints load through modeling.load_pretrained unchanged, and Google / Hugging Face BERT weights leave only the
+checkpoints load through checkpoints.load_pretrained unchanged, and Google / Hugging Face BERT weights leave only the
 PALs and the heads fresh. The PAL's per-token parts (V_E, V_D, its query/key/value) run on the packed real tokens like
 the rest of the layer, its attention on the padded layout (modeling.TokenLayout). At BERT-base sizes with the eight
 GLUE heads: 124,053,232 parameters (plain multi-task BERT: 109,494,544; the paper's 1.13x).
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
+import checkpoints
 import modeling
 
 # The PAL's attention heads: the original builds it as BERTSelfAttention(config, 6), whatever the model's size.
@@ -117,11 +118,10 @@ class BertEncoder(modeling.BertEncoder):
 class BertForMultiTask(modeling.BertForMultiTask):
     """modeling.BertForMultiTask with a PAL per task in every layer."""
 
-    def __init__(self, config, num_labels_per_task, problem_types=None, num_groups=None):
+    def __init__(self, config, num_labels_per_task, types=None, num_groups=None):
         # modeling's model without layers (embeddings, pooler, heads, initialised), then the PAL encoder: building
         # plain layers only to replace them would allocate and initialise the whole encoder twice.
-        super().__init__(dataclasses.replace(config, num_hidden_layers=0), num_labels_per_task, problem_types,
-                         num_groups)
+        super().__init__(dataclasses.replace(config, num_hidden_layers=0), num_labels_per_task, types, num_groups)
         self.config = self.bert.config = dataclasses.replace(self.config, num_hidden_layers=config.num_hidden_layers)
         self.bert.encoder = BertEncoder(self.config)
         for module in self.bert.encoder.modules():  # modules() yields each shared projection once
@@ -171,7 +171,7 @@ def check_aliases(state, config):
                         if state[name].shape != state[present[0]].shape or not state[name].equal(state[present[0]])]
     if disagreeing:
         raise ValueError(f"the copies of PALs' shared projections disagree in {len(disagreeing)} place(s): "
-                         f"{modeling._first(disagreeing)}; V_E and V_D of a task are one tensor shared by every "
+                         f"{checkpoints.first_names(disagreeing)}; V_E and V_D of a task are one tensor shared by every "
                          "layer, so a PALs checkpoint holds equal copies")
 
 

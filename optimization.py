@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedule for multi-task BERT training (SPEC 6.3).
+"""Optimizers and learning-rate schedule for multi-task BERT training.
 
 Two optimizers, picked by name in `build_optimizer`:
 
@@ -23,7 +23,7 @@ How BertAdam differs from torch.optim.AdamW (m, v: first and second moment; g: g
 
 Both skip parameters whose `.grad` is None entirely (no moment update, no decay): the trainers freeze parameters
 that way (requires_grad=False, or zero_grad(set_to_none=True), torch's default), so every parameter stays in the
-optimizer for the whole run even when the frozen set changes between phases (Gated-BERT, SPEC 6.2).
+optimizer for the whole run even when the frozen set changes between phases (Gated-BERT).
 """
 import numbers
 from collections import defaultdict

@@ -17,8 +17,9 @@ run's best evaluation (the model it kept: by default the highest overall score),
 Read from each RUN_DIR (written by run_multi_task.py, multitask.py's docstring):
   train_log.jsonl      {"global_step", "epoch", "task", "loss", "steps", "lr"} per problem and log flush; per epoch
                        {"global_step", "epoch", "task_counts": {task or group: batches}, "alpha"}
-  eval_results.jsonl   {"epoch", "global_step", "scores": {problem: {metric: value}}, "task_scores", "glue_score",
-                       "best"} per evaluation; absent until a run's first evaluation (the figure then has no dev points)
+  eval_results.jsonl   {"epoch", "global_step", "scores": {problem: {metric: value}}, "task_scores", "mean_score",
+                       "best"} per evaluation ("glue_score" in runs written before mean_score existed); absent until
+                       a run's first evaluation (the figure then has no dev points)
 A missing file or a malformed line is a one-line error naming it. A running (or killed) run may have written part of
 its last line: a last line without its newline that is not valid JSON is skipped, with a note.
 """
@@ -29,12 +30,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LM_METRIC = "perplexity"  # a mask_lm / pretrain problem's (problems.MASK_LM_METRICS, PRETRAIN_METRICS)
-# File names as multitask.py writes them (not imported: multitask imports torch, which reading logs does not need).
+LM_METRIC = "perplexity"  # a masked LM's (problem_types.MASK_LM_METRICS, PRETRAIN_METRICS)
+# File names as run_files.py names them (not imported: it imports torch, which reading logs does not need).
 TRAIN_LOG, EVAL_LOG = "train_log.jsonl", "eval_results.jsonl"
 LOSS_KEYS = ("global_step", "epoch", "task", "loss", "lr")
 EPOCH_KEYS = ("global_step", "epoch", "task_counts", "alpha")
-EVAL_KEYS = ("epoch", "global_step", "scores", "task_scores", "glue_score")
+# An evaluation's mean score: "mean_score"; logs written before it existed name it "glue_score".
+EVAL_KEYS = (("epoch", "global_step", "scores", "task_scores", "mean_score"),
+             ("epoch", "global_step", "scores", "task_scores", "glue_score"))
 # The loss curve's smoothing: TensorBoard's default (its smoothing slider at 0.6), with its start-up bias correction.
 LOSS_SMOOTHING = 0.6
 RAW_ALPHA = 0.25  # opacity of the raw loss points under the smoothed curve
@@ -128,10 +131,11 @@ def load_run(run_dir, name):
             run.losses.setdefault(str(r["task"]), {})[r["global_step"]] = r["loss"]
             run.lr[r["global_step"]] = r["lr"]
     if eval_log.exists():
-        for number, r in read_jsonl(eval_log, (EVAL_KEYS,)):
-            check(isinstance(r["global_step"], int) and is_number(r["glue_score"]) and is_table(r["scores"], depth=2)
+        for number, r in read_jsonl(eval_log, EVAL_KEYS):
+            r.setdefault("mean_score", r.get("glue_score"))
+            check(isinstance(r["global_step"], int) and is_number(r["mean_score"]) and is_table(r["scores"], depth=2)
                   and is_table(r["task_scores"]), eval_log, number,
-                  "an integer global_step, a number glue_score, scores {problem: {metric: number}} and task_scores "
+                  "an integer global_step, a number mean_score, scores {problem: {metric: number}} and task_scores "
                   "{problem: number}")
             run.evals.append(r)
     return run
@@ -144,7 +148,7 @@ def best_eval(run, eval_log):
     if not run.evals:
         fail(f"{eval_log} has no evaluation yet (or the run trained without --do_eval): no scores to tabulate")
     marked = [record for record in run.evals if record.get("best")]
-    return marked[-1] if marked else max(run.evals, key=lambda record: record["glue_score"])
+    return marked[-1] if marked else max(run.evals, key=lambda record: record["mean_score"])
 
 
 def display(name):
@@ -161,12 +165,12 @@ def results_table(runs, run_dirs):
     rows = []
     for best in bests:
         cells = [[best["scores"].get(p, {}).get(m) for m in metrics] for p, metrics in columns.items()]
-        rows.append(cells + [[best["glue_score"]]])
+        rows.append(cells + [[best["mean_score"]]])
     same_problems = all(best["scores"].keys() == bests[0]["scores"].keys() for best in bests)
     # Bold a column's best cell where several runs have it: by the problem's logged score (the mean of GLUE's
     # metrics, a masked LM's minus its loss: the lower perplexity wins), the last column by the mean score, which
     # compares only over the same problems.
-    scores = [[best["task_scores"].get(p) for p in columns] + [best["glue_score"]] for best in bests]
+    scores = [[best["task_scores"].get(p) for p in columns] + [best["mean_score"]] for best in bests]
     bold = [[False] * len(rows[0]) for _ in rows]
     for c in range(len(rows[0]) - (not same_problems)):
         values = {r: row[c] for r, row in enumerate(scores) if row[c] is not None}
@@ -252,7 +256,7 @@ def draw_panel(ax, kind, subject, runs, run_colours, group_colours):
     elif kind in ("dev", "score"):
         ax.set_title(f"dev: {subject}" if kind == "dev" else "dev: overall score", fontsize="medium")
         for run in runs:
-            points = [(r["global_step"], r["task_scores"][subject] if kind == "dev" else r["glue_score"])
+            points = [(r["global_step"], r["task_scores"][subject] if kind == "dev" else r["mean_score"])
                       for r in run.evals if kind == "score" or subject in r["task_scores"]]
             if points:
                 ax.plot(*zip(*points), marker="o", color=run_colours[run.name])

@@ -17,9 +17,10 @@ A resumed run continues the same curves: before writing, `open_reporter` rewrite
 without the events that the resumed run writes again (those after its checkpoint's step, see `_replayed`), so every
 (tag, step) appears once, for any reader of the files, not only TensorBoard's own.
 """
-import os
 import time
 from pathlib import Path
+
+from run_files import write_atomic
 
 REPORT_TO_CHOICES = ("tensorboard",)
 # Events the training loop writes when an epoch starts: a run resumed at an epoch boundary starts that epoch again.
@@ -129,23 +130,20 @@ def _replayed(event, resume_step):
 
 
 def drop_replayed_events(path, resume_step):
-    """Rewrite one event file without the events a run resumed at `resume_step` writes again (`_replayed`), through a
-    temporary file and a rename. A record torn by a killed process ends what the reader returns, so it goes too."""
+    """Rewrite one event file, atomically, without the events a run resumed at `resume_step` writes again
+    (`_replayed`). A record torn by a killed process ends what the reader returns, so it goes too."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     records = list(RawEventFileLoader(str(path)).Load())
     kept = [r for r in records if not _replayed(Event.FromString(r), resume_step)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+
+    def write(tmp):
         with open(tmp, "wb") as f:
             writer = RecordWriter(f)
             for record in kept:
                 writer.write(record)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(path, write)
 

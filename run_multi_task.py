@@ -10,7 +10,8 @@ Several GPUs (--train_batch_size stays the global batch):
     torchrun --nproc_per_node=8 run_multi_task.py <same flags>
 CPU smoke run: add --no_cuda --tasks cola,mrpc,rte,sts,sst --num_train_epochs 2 --steps_per_epoch 20
 """
-from multitask import METHODS, main, parse_args
+from methods import METHODS
+from multitask import main, parse_args
 
 METHOD = METHODS["embert"]
 

@@ -28,17 +28,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import evaluation
+import masking
 import modeling_pals
+import problem_types
 import problems
+import readers
 import tokenization
-from glue_processors import ALL_TASKS, LM_TYPES, TASKS
-from multitask import (ARGS_FILE, AUTOCAST_DTYPES, BEST_MODEL, CONFIG_FILE, DEV_MASKING_SEED, METHODS, VOCAB_FILE,
-                       Method, batch_padding, build_model, check_model_inputs, configure_model, fail, format_scores,
-                       lm_statistics, mean_score, overall_label, predict, read_checkpoint, resolve_precision,
-                       save_json, select_device, write_atomic)
-# Decimals written for STS-B similarities (0-5); the server reads any float.
-STS_DECIMALS = 3
-SUBMISSION_HEADER = "index\tprediction"
+from checkpoints import build_model, check_model_inputs, configure_model, read_checkpoint
+from glue_processors import ALL_TASKS, TASKS
+from hardware import AUTOCAST_DTYPES, batch_padding, resolve_precision, select_device
+from methods import METHODS, Method
+from run_files import ARGS_FILE, BEST_MODEL, CONFIG_FILE, VOCAB_FILE, fail, save_json, write_atomic
+
 SUBMISSION_ZIP, DEV_RESULTS = "submission.zip", "dev_results.json"
 # Defaults for a bare checkpoint file, which has no args.json: the paper's (and the training scripts') sequence
 # length, and a batch larger than training's 8, since prediction keeps no activations for a backward pass.
@@ -103,14 +105,14 @@ class LoadedModel:
 
     model: nn.Module
     method: Method
-    heads: list  # problem names in head (task id) order
-    tasks: list  # the problems to predict
+    heads: list  # the names of the model's problems, in head order (one head each)
+    tasks: list  # the names of the problems to predict
     vocab_file: Path
     do_lower_case: bool
     max_seq_length: int
     run_args: dict  # the training run's resolved arguments (args.json); empty for a checkpoint file
     user_problems: dict  # the run's own problems (config.json's "problems"), by name
-    group_of: list | None = None  # each head's task row when the run trained & groups (config.json's task_groups)
+    row_of: list  # each head's task row (its group: config.json's task_groups when the run trained & groups)
 
     def problem(self, name):
         return problems.get_problem(name, self.user_problems)
@@ -230,7 +232,7 @@ def load_run_directory(args):
         fail(f"--max_seq_length {max_seq_length}: Gated-BERT's gate reads exactly the {record['max_seq_length']} "
              f"tokens it was trained with ({config_path})")
     groups = record.get("task_groups")
-    group_of = None if groups is None else [g for g, group in enumerate(groups) for _ in group]
+    row_of = list(range(len(heads))) if groups is None else [g for g, group in enumerate(groups) for _ in group]
     if groups is not None and [name for group in groups for name in group] != heads:
         fail(f"{config_path}: task_groups {groups} do not list the heads {heads} in order")
     state, _, checkpoint = read_mapped_state(checkpoint)
@@ -240,7 +242,7 @@ def load_run_directory(args):
     return LoadedModel(model, method, heads, tasks_to_predict(args.tasks, heads, user_problems), vocab_file,
                        record["do_lower_case"], max_seq_length,
                        json.loads(args_file.read_text(encoding="utf-8")) if args_file.is_file() else {},
-                       user_problems, group_of)
+                       user_problems, row_of)
 
 
 def load_checkpoint_file(args):
@@ -277,7 +279,7 @@ def load_checkpoint_file(args):
     elif name == "pals":  # the PAL width is a shape only (the original's --h_aug): take the checkpoint's
         config = configure_model(method, config, max_seq_length, pals_width)
     return LoadedModel(load_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
-                       bool(args.do_lower_case), max_seq_length, {}, {})
+                       bool(args.do_lower_case), max_seq_length, {}, {}, list(range(len(heads))))
 
 
 # ------------------------------------------------------------------------------------------------ submission files
@@ -298,7 +300,7 @@ def prediction_jobs(loaded, split):
     jobs = []
     for task in loaded.tasks:
         problem = loaded.problem(task)
-        if problem.type in LM_TYPES:  # scored on its masked dev texts: metrics, no file (no test split)
+        if problem_types.of(problem).masks_inputs:  # scored on its masked dev texts: metrics, no file (no test split)
             jobs += [Job(problem, s, f"{problem.name} {s} (masked LM)", glue=False)
                      for s in problem.expand_splits(split)]
         elif problem.submission_files:
@@ -312,26 +314,13 @@ def prediction_jobs(loaded, split):
     return jobs
 
 
-def prediction_strings(problem, predictions):
-    """Class indices, or STS-B outputs (score / 5), as the GLUE server's labels."""
-    if problem.is_regression:
-        scores = (predictions * problem.label_scale).clamp(0.0, problem.label_scale)
-        return [f"{score:.{STS_DECIMALS}f}" for score in scores.tolist()]
-    return [problem.labels[i] for i in predictions.tolist()]
-
-
 def prediction_files(loaded):
     """Every file this script may write for this model: what --overwrite_output_dir replaces, and nothing else."""
     glue = [task.submission_file(split) for task in TASKS.values() for split in task.test_splits]
     own = [problems.prediction_file_name(loaded.problem(t), s) for t in loaded.tasks
-           if loaded.problem(t).type not in LM_TYPES
+           if problem_types.of(loaded.problem(t)).file_suffix is not None
            for kind in ("dev", "test") for s in loaded.problem(t).expand_splits(kind)]
     return [*glue, *own, SUBMISSION_ZIP, DEV_RESULTS]
-
-
-def write_submission_file(path, indices, values):
-    lines = [SUBMISSION_HEADER, *(f"{index}\t{value}" for index, value in zip(indices, values, strict=True))]
-    write_atomic(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n", encoding="utf-8"))
 
 
 def write_zip(path, files):
@@ -364,7 +353,7 @@ def not_written(loaded, split, written, missing):
         problem = loaded.problem(task)
         if problem.submission_files:
             continue
-        if problem.type in LM_TYPES and split != "dev":
+        if problem_types.of(problem).masks_inputs and split != "dev":
             notes.append(f"{task} ({problem.type}: no prediction file; --split dev reports its metrics)")
         elif not problem.expand_splits(split):
             notes.append(f"{task} ({task} has no {split} set)")
@@ -397,15 +386,15 @@ def main(args):
     precision = resolve_precision("auto", device)  # bf16 on CUDA where the GPU supports it, else fp32
     model.to(device)
     pad_to = batch_padding(loaded.method, loaded.max_seq_length)
-    masking = problems.Masking.from_vocab(tokenization.load_vocab(loaded.vocab_file)) \
-        if any(loaded.problem(t).type in LM_TYPES for t in loaded.tasks) else None
+    masked = [t for t in loaded.tasks if problem_types.of(loaded.problem(t)).masks_inputs]
+    masking_spec = masking.Masking.from_vocab(tokenization.load_vocab(loaded.vocab_file)) if masked else None
     print(f"{loaded.method.name} model {args.model_dir} (heads {','.join(loaded.heads)}) | {device.type} "
           f"{precision} | {args.split} sets of {','.join(loaded.tasks)}")
     origin = "--data_dir" if args.data_dir else f"the training run's --data_dir ({ARGS_FILE})"
     print(f"reading the {args.split} files from {data_dir} ({origin})")
 
     # ---------------------------------------------------------------- data: every file read before any prediction
-    if args.split == "test" and all(loaded.problem(t).type in LM_TYPES for t in loaded.tasks):
+    if args.split == "test" and len(masked) == len(loaded.tasks):
         fail(f"--split test: {','.join(loaded.tasks)} are masked-LM / pre-training problems, with no test predictions; "
              "--split dev reports their metrics")
     jobs, missing, features = prediction_jobs(loaded, args.split), {}, {}
@@ -416,11 +405,13 @@ def main(args):
             print(f"{job.file_name}: skipped, {path} not found")
             continue
         try:
-            features[job.file_name] = problems.load_problem_features(
+            data = problems.load_problem_features(
                 job.problem, job.split, data_dir, loaded.vocab_file, loaded.do_lower_case, loaded.max_seq_length,
                 cache_dir=cache_dir, user_problems=loaded.user_problems)
         except ValueError as err:  # a malformed file: stop before writing a partial submission
             fail(str(err))
+        # A masked LM's dev set masked as the training run masked it, so it scores the same tokens.
+        features[job.file_name] = evaluation.dev_set(job.problem, data, masking_spec)
     if not features:
         fail(f"--data_dir {data_dir} has none of the {args.split} files of {','.join(loaded.tasks)}")
 
@@ -433,32 +424,26 @@ def main(args):
         if job.file_name in missing:
             continue
         problem, data, head = job.problem, features[job.file_name], head_of(job.problem, loaded.heads)
-        if head is not None:
-            index = loaded.heads.index(head)
-            task_id, head_id = (index, None) if loaded.group_of is None else (loaded.group_of[index], index)
-        if problem.type in LM_TYPES:  # masked as the training run masked its dev set, and scored the same way
-            data = problems.mask_tokens(data, masking, problems.seeded_generator(DEV_MASKING_SEED))
-            statistics = lm_statistics(model, data, task_id, batch_size, device, AUTOCAST_DTYPES.get(precision),
-                                       pad_to, desc=f"{problem.name} {job.split}", head=head_id)
-            scores.setdefault(problem.name, {}).update(problems.problem_metrics(problem, job.split, statistics, data))
-            print(f"{job.file_name}: {int(statistics['masked'])} masked tokens of {len(data)} texts, scored")
-            continue
         if head is None:  # WNLI without a head of its own: its row's default (majority) class for every example
+            predictor = problem
             predictions = torch.full((len(data),), problem.labels.index(problem.default_label))
-        else:
-            logits = predict(model, data, task_id, batch_size, device, AUTOCAST_DTYPES.get(precision), pad_to,
-                             desc=f"{problem.name} {job.split}", head=head_id)
-            predictions = problems.predictions_from_logits(loaded.problem(head), logits)
-        path = output_dir / job.file_name
-        if job.glue:
-            indices = data.index if args.split == "test" else range(len(data))
-            write_submission_file(path, indices, prediction_strings(loaded.problem(head or problem.name), predictions))
-        else:
-            problems.write_predictions(problem, job.split, predictions, data, path, data_dir)
-        written.append(job)
-        print(f"{job.file_name}: {len(data)} {'sentence pieces' if problem.type == 'seq_tag' else 'predictions'}")
+        else:  # with the problem's own head, or the one its row names (AX: MNLI's)
+            index = loaded.heads.index(head)
+            predictor = loaded.problem(head)
+            predictions = evaluation.predict_split(model, predictor, data, loaded.row_of[index], index, batch_size,
+                                                   device, AUTOCAST_DTYPES.get(precision), pad_to,
+                                                   desc=f"{problem.name} {job.split}")
         if args.split == "dev":
-            scores.setdefault(problem.name, {}).update(problems.problem_metrics(problem, job.split, predictions, data))
+            scores.setdefault(problem.name, {}).update(
+                evaluation.split_metrics(problem, job.split, predictions, data))
+        if problem_types.of(problem).masks_inputs:
+            print(f"{job.file_name}: {int(predictions['masked'])} masked tokens of {len(data)} texts, scored")
+            continue
+        problem_types.of(predictor).write(problem, job.split, predictions, data, output_dir / job.file_name,
+                                          lambda: readers.read_examples(problem, job.split, data_dir))
+        written.append(job)
+        unit = "sentence pieces" if problem_types.of(problem).per_token else "predictions"
+        print(f"{job.file_name}: {len(data)} {unit}")
 
     # ---------------------------------------------------------------- the zip or the dev metrics; what is missing
     submission = [output_dir / job.file_name for job in written if job.glue]
@@ -470,12 +455,12 @@ def main(args):
         # WNLI is reported but not averaged (None when it is all there is).
         by_name = {t: loaded.problem(t) for t in scores}
         head_scores = {t: s for t, s in scores.items() if t in loaded.heads}
-        overall = mean_score(head_scores, by_name) if head_scores else None
-        save_json({"model_dir": str(Path(args.model_dir).absolute()), "scores": scores, "glue_score": overall,
-                   "task_scores": {t: problems.problem_score(by_name[t], s) for t, s in scores.items()}},
+        overall = evaluation.mean_score(head_scores, by_name) if head_scores else None
+        save_json({"model_dir": str(Path(args.model_dir).absolute()),
+                   **evaluation.score_record(scores, overall, [loaded.problem(t) for t in loaded.heads])},
                   output_dir / DEV_RESULTS)
-        label = overall_label([loaded.problem(t) for t in loaded.heads])
-        print(f"dev: {format_scores(scores, overall, label)}" if head_scores else f"dev: {scores}")
+        label = evaluation.overall_label([loaded.problem(t) for t in loaded.heads])
+        print(f"dev: {evaluation.format_scores(scores, overall, label)}" if head_scores else f"dev: {scores}")
     notes = not_written(loaded, args.split, {job.file_name for job in written}, missing)
     if notes:
         print(f"not written: {'; '.join(notes)}")

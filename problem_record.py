@@ -1,0 +1,187 @@
+"""The record of a problem (a named dataset of one type) and of how each of its splits is read.
+
+`Problem` is the row of every problem table: GLUE's (glue_processors.py), People's Daily's (pku.py) and the user's
+(problems_file.py). Its type (a key of problem_types.TYPES) decides everything else about it. A record round-trips
+through JSON (`to_record`, `problem_from_record`), so a run's config.json carries the user's problems and the run
+directory predicts on its own.
+"""
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
+
+import problem_types
+from problem_types import DEFAULT_LABEL_SEPARATOR
+
+# How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
+# accuracy, say), as the original code did; other problems use their first metric.
+SCORE_RULES = ("mean", "first")
+
+
+@dataclass(frozen=True)
+class SplitFormat:
+    """How to read one split's GLUE file: name, header or not, and which columns hold what (0-based; -1 = last)."""
+    format: ClassVar[str] = "glue_tsv"  # read by glue_processors.load_examples
+    file: str
+    header: bool
+    text_columns: tuple  # (a,) for single sentences, (a, b) for pairs
+    label_column: int | None = None  # train/dev files
+    index_column: int | None = None  # test files: the `index`/`id` column written back into submissions
+    skip_malformed_rows: bool = False  # QQP train/dev: skip rows with the wrong number of fields, as the original did
+
+
+@dataclass(frozen=True)
+class TsvSplit:
+    """A tab-separated file with a header row naming its columns (no quoting: quotes are literal text)."""
+    format: ClassVar[str] = "tsv"
+    file: str
+    text: tuple  # one or two column names: a sentence or a pair
+    label: str | None  # label column (optional on test)
+    index: str | None = None  # test: the column written as `index` in predictions (default: the row number)
+    label_separator: str = DEFAULT_LABEL_SEPARATOR  # multi_cls: labels joined in one field
+
+
+@dataclass(frozen=True)
+class JsonlSplit(TsvSplit):
+    """One JSON object per line; `text`, `label` and `index` name keys (multi_cls labels: a list or a joined string)."""
+    format: ClassVar[str] = "jsonl"
+
+
+@dataclass(frozen=True)
+class ConllSplit:
+    """One token per line, whitespace-separated columns, a blank line between sentences, -DOCSTART- lines skipped."""
+    format: ClassVar[str] = "conll"
+    file: str
+    token_column: int = 0
+    label_column: int = -1  # -1 = the last column
+
+
+@dataclass(frozen=True)
+class PkuSplit:
+    """People's Daily 1998: the train or dev sentences of 199801.txt, with the tags of one problem."""
+    format: ClassVar[str] = "pku"
+    file: str
+    part: str  # "train" or "dev"
+    tags: str  # a key of PKU_TAGGERS
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    """Plain text. mask_lm: one text per line; pretrain: one sentence per line, a blank line between documents."""
+    format: ClassVar[str] = "text"
+    file: str
+
+
+@dataclass(frozen=True)
+class PkuDocumentsSplit:
+    """People's Daily 1998 as documents (pretrain): a paragraph (a line of 199801.txt) is a document of sentences
+    split as the other PKU problems split them; the train or dev paragraphs."""
+    format: ClassVar[str] = "pku_documents"
+    file: str
+    part: str  # "train" or "dev"
+
+
+SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
+                                             PkuDocumentsSplit)}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One row of a problem table: a GLUE task, a People's Daily problem or one the user defines.
+
+    GLUE's rows are problems (`glue_processors.Task` is this class), and GLUE's quirks are fields of their rows:
+    label_scale (STS-B's 5.0: the regression target is label / scale; predictions are written x scale, clipped to
+    [0, scale]), head_of ("mnli" for AX: predicted with that problem's head), default_label ("0" for WNLI: the class
+    predicted when the model has no head for it).
+    """
+    name: str
+    directory: str  # under --data_dir ("" for the user's problems, whose files are absolute paths)
+    splits: dict  # split name -> how to read it (one of SPLIT_FORMATS)
+    labels: tuple | None  # output order of the head; None for types without a label list (regression, masked LM)
+    metrics: dict  # dev split -> metric names, in the order they are reported
+    submission_files: dict = field(default_factory=dict)  # GLUE test split -> GLUE server file name
+    type: str = "cls"  # a key of problem_types.TYPES
+    label_scale: float | None = None  # regression: targets are label / label_scale
+    head_of: str | None = None  # predicted with this problem's head (AX: "mnli")
+    default_label: str | None = None  # predicted for every example when the model has no head for it (WNLI: "0")
+    score_rule: str = "first"  # one of SCORE_RULES
+    loss_weight: float = 1.0  # this problem's loss is multiplied by it in every step that trains it
+    inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
+
+    def __post_init__(self):
+        try:
+            problem_types.get(self.type).check_record(self)
+        except ValueError as error:
+            raise ValueError(f"problem {self.name}: {error}" if str(error).startswith("unknown") else str(error)) \
+                from None
+        if self.score_rule not in SCORE_RULES:
+            raise ValueError(f"problem {self.name}: score_rule {self.score_rule!r} is not one of {SCORE_RULES}")
+        if isinstance(self.loss_weight, bool) or not isinstance(self.loss_weight, (int, float)) or \
+                not self.loss_weight > 0:
+            raise ValueError(f"problem {self.name}: loss_weight must be a positive number, got {self.loss_weight!r}")
+
+    @property
+    def num_labels(self):
+        """Outputs of the problem's own head (classifier.N); 0 for a masked LM (BERT's pre-training heads)."""
+        return problem_types.of(self).num_outputs(self)
+
+    @property
+    def dev_splits(self):
+        return tuple(split for split in self.splits if split.startswith("dev"))
+
+    @property
+    def test_splits(self):
+        return tuple(split for split in self.splits if split.startswith("test"))
+
+    def split_format(self, split):
+        if split not in self.splits:
+            raise ValueError(f"problem {self.name} has no split {split!r}; its splits: {', '.join(self.splits)}")
+        return self.splits[split]
+
+    def submission_file(self, split):
+        if split not in self.submission_files:
+            raise ValueError(
+                f"problem {self.name} has no test split {split!r}; its test splits: {', '.join(self.test_splits)}"
+            )
+        return self.submission_files[split]
+
+    def expand_splits(self, kind):
+        """"train" / "dev" / "test" -> this problem's splits of that kind (() when it has none); or one exact split."""
+        if kind == "train":
+            return ("train",) if "train" in self.splits else ()
+        if kind == "dev":
+            return self.dev_splits
+        if kind == "test":
+            return self.test_splits
+        self.split_format(kind)
+        return (kind,)
+
+    def to_record(self):
+        """A JSON-ready dict of every field (each split as {"format": ..., its fields}); problems.problem_from_record
+        rebuilds the problem from it, so a run's config.json can carry the user's problems."""
+        record = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "splits":
+                value = {split: {"format": fmt.format, **asdict(fmt)} for split, fmt in value.items()}
+            elif item.name == "labels" and value is not None:
+                value = list(value)
+            elif item.name == "metrics":
+                value = {split: list(names) for split, names in value.items()}
+            record[item.name] = value
+        return record
+
+
+def problem_from_record(record):
+    """Rebuild a Problem from Problem.to_record() (as a run's config.json stores the user's problems)."""
+    try:
+        splits = {}
+        for split, item in record["splits"].items():
+            item = dict(item)
+            split_class = SPLIT_FORMATS[item.pop("format")]
+            splits[split] = split_class(**{key: tuple(value) if isinstance(value, list) else value
+                                           for key, value in item.items()})
+        return Problem(**{**record, "splits": splits,
+                          "labels": None if record["labels"] is None else tuple(record["labels"]),
+                          "metrics": {split: tuple(names) for split, names in record["metrics"].items()}})
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"not a problem record ({type(error).__name__}: {error}); expected Problem.to_record()'s "
+                         "dict") from None
