@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import modeling_inputs
 import tokenization
 
 logger = logging.getLogger("embert")
@@ -251,5 +252,6 @@ def build_model(method, config, tasks, state=None, source=None, require_all=Fals
     checkpoint does not fit."""
     model = method.modeling.BertForMultiTask(config, [t.num_labels for t in tasks], [t.type for t in tasks],
                                              num_groups)
+    modeling_inputs.add_input_embeddings(model, tasks)  # images and feature vectors, when a problem has them
     fresh = load_mapped_state(model, state, source, require_all) if state is not None else list(model.state_dict())
     return model, fresh

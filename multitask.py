@@ -43,6 +43,7 @@ import checkpoints
 import evaluation
 import masking
 import metrics
+import modalities
 import optimization
 import problem_types
 import problems
@@ -439,7 +440,8 @@ def check_same_inputs(plan, train_sets):
         for other in group[1:]:
             data = train_sets[other]
             same = len(data) == len(first) and all(torch.equal(getattr(data, name), getattr(first, name))
-                                                   for name in ("offsets", "input_ids", "segment_a_len"))
+                                                   for name in ("offsets", "input_ids", "segment_a_len")) \
+                and modalities.same_inputs(data, first)
             if same:
                 continue
             count = min(len(data), len(first))

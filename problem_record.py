@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 import problem_types
+from modalities import ImageInput, VectorInput
 from problem_types import DEFAULT_LABEL_SEPARATOR
 
 # How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
@@ -33,10 +34,13 @@ class TsvSplit:
     """A tab-separated file with a header row naming its columns (no quoting: quotes are literal text)."""
     format: ClassVar[str] = "tsv"
     file: str
-    text: tuple  # one or two column names: a sentence or a pair
+    text: tuple  # one or two column names: a sentence or a pair; () when the problem reads an image or features only
     label: str | None  # label column (optional on test)
     index: str | None = None  # test: the column written as `index` in predictions (default: the row number)
     label_separator: str = DEFAULT_LABEL_SEPARATOR  # multi_cls: labels joined in one field
+    image: str | None = None  # the column of an image: a file's path, or a JSON list of pixel values (modalities.py)
+    features: str | None = None  # the column of feature vectors: a JSON list of lists, or a .npy file's path
+    root: str | None = None  # the folder image and .npy paths are relative to (the problems file's); None: the file's
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,18 @@ class PkuDocumentsSplit:
     part: str  # "train" or "dev"
 
 
+@dataclass(frozen=True)
+class IdxSplit:
+    """Images and their class numbers in two idx files (MNIST's format; Fashion-MNIST's files), read by
+    fashion_mnist.py. `file` holds the images, `labels_file` (in the same folder) the labels."""
+    format: ClassVar[str] = "idx"
+    file: str
+    labels_file: str
+    captions: bool = False  # each image with a caption, a class name (fashion_mnist.caption): match or mismatch
+
+
 SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
-                                             PkuDocumentsSplit)}
+                                             PkuDocumentsSplit, IdxSplit)}
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,8 @@ class Problem:
     score_rule: str = "first"  # one of SCORE_RULES
     loss_weight: float = 1.0  # this problem's loss is multiplied by it in every step that trains it
     inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
+    image: ImageInput | None = None  # its examples' images: size, patches, channels (None: no image)
+    vectors: VectorInput | None = None  # its examples' feature vectors: width, most per example (None: none)
 
     def __post_init__(self):
         try:
@@ -160,14 +176,27 @@ class Problem:
         record = {}
         for item in fields(self):
             value = getattr(self, item.name)
+            if item.name in INPUT_FIELDS and value is None:
+                continue  # a text problem's record stays as it was before images and vectors existed
             if item.name == "splits":
-                value = {split: {"format": fmt.format, **asdict(fmt)} for split, fmt in value.items()}
+                value = {split: {"format": fmt.format, **{key: field_value for key, field_value in asdict(fmt).items()
+                                                          if not (key in SPLIT_INPUT_FIELDS and field_value is None)}}
+                         for split, fmt in value.items()}
             elif item.name == "labels" and value is not None:
                 value = list(value)
             elif item.name == "metrics":
                 value = {split: list(names) for split, names in value.items()}
+            elif item.name in INPUT_FIELDS and value is not None:
+                value = asdict(value)
             record[item.name] = value
         return record
+
+
+# A problem's inputs beside its text (Problem fields), by the record class each round-trips through; and the fields of
+# a split that name them. Records leave them out when None, so a text problem's record (its cache key, config.json)
+# is what it was before they existed.
+INPUT_FIELDS = {"image": ImageInput, "vectors": VectorInput}
+SPLIT_INPUT_FIELDS = ("image", "features", "root")
 
 
 def problem_from_record(record):
@@ -179,7 +208,10 @@ def problem_from_record(record):
             split_class = SPLIT_FORMATS[item.pop("format")]
             splits[split] = split_class(**{key: tuple(value) if isinstance(value, list) else value
                                            for key, value in item.items()})
-        return Problem(**{**record, "splits": splits,
+        inputs = {name: None if record.get(name) is None else kind(**{
+            key: tuple(value) if isinstance(value, list) else value for key, value in record[name].items()})
+            for name, kind in INPUT_FIELDS.items()}
+        return Problem(**{**record, "splits": splits, **inputs,
                           "labels": None if record["labels"] is None else tuple(record["labels"]),
                           "metrics": {split: tuple(names) for split, names in record["metrics"].items()}})
     except (KeyError, TypeError, AttributeError) as error:

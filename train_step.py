@@ -36,7 +36,8 @@ def training_step(net, model, batches, row, heads, optimizer, scheduler, scaler,
                 torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             output = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], row,
                          batch["head_labels"], token_index=batch["token_index"], heads=heads,
-                         masked_index=batch.get("masked_index"), denominators=denominators)
+                         masked_index=batch.get("masked_index"), denominators=denominators,
+                         inputs=batch.get("inputs"))
             tallied = torch.stack(output.losses) / len(batches)  # (k,)
             loss = (tallied * loss_weights).sum()  # a factor of 1.0 is exact
         scaler.scale(loss).backward()
