@@ -170,6 +170,7 @@ def _problem_from_spec(name, spec, problems_file):
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"{where}: label_scale must be a positive number, and only for regression")
     _check_loss_weight(spec, where)
+    image = _image_from_spec(spec, where)
     if "train" not in spec:
         raise ValueError(f"{where}: needs a train file (\"train\": path relative to the problems file)")
 
@@ -204,7 +205,7 @@ def _problem_from_spec(name, spec, problems_file):
                 header = f.readline().rstrip("\r\n")
             readers.tsv_columns(fmt.file, fmt, split, header)
     metrics = {"dev": tuple(ptype.default_metrics(labels))} if "dev" in splits else {}
-    image, vectors = _inputs_from_spec(name, ptype, spec, splits, where)
+    vectors = _vectors_from_spec(name, ptype, spec, splits, where) if "features" in spec else None
     return Problem(name, "", splits, labels, metrics, type=type_,
                    label_scale=float(spec["label_scale"]) if "label_scale" in spec else None,
                    loss_weight=float(spec.get("loss_weight", 1.0)), image=image, vectors=vectors)
@@ -217,14 +218,15 @@ def _positive_int(spec, key, where):
     return value
 
 
-def _inputs_from_spec(name, ptype, spec, splits, where):
-    """The problem's ImageInput and VectorInput (None for those it lacks); the vectors' width is that of the
-    training file's first features."""
+def _image_from_spec(spec, where):
+    """The problem's ImageInput (None without "image"); its settings checked, and those of "features"."""
     for column, keys in (("image", IMAGE_KEYS), ("features", VECTOR_KEYS)):
         settings = [key for key in keys[1:] if key in spec]
         if settings and column not in spec:
             raise ValueError(f"{where}: {settings[0]} is a setting of \"{column}\", which the problem does not give")
-    image = vectors = None
+    if "max_features" in spec:
+        _positive_int(spec, "max_features", where)
+    image = None
     if "image" in spec:
         size = spec.get("image_size", list(modalities.DEFAULT_IMAGE_SIZE))
         if not (isinstance(size, list) and len(size) == 2 and
@@ -238,13 +240,15 @@ def _inputs_from_spec(name, ptype, spec, splits, where):
             raise ValueError(f"{where}: image_size {size} is not a whole number of {patch} x {patch} patches "
                              "(patch_size must divide the height and the width)")
         image = ImageInput(tuple(size), patch, channels)
-    if "features" in spec:
-        limit = _positive_int(spec, "max_features", where) if "max_features" in spec \
-            else modalities.DEFAULT_MAX_FEATURES
-        fmt = splits["train"]
-        examples, _ = readers.READERS[fmt.format](readers.LabelContext(name, ptype.name), "train", fmt, Path(fmt.file))
-        vectors = VectorInput(modalities.first_width(examples, fmt.file), limit)
-    return image, vectors
+    return image
+
+
+def _vectors_from_spec(name, ptype, spec, splits, where):
+    """The problem's VectorInput: the width of the training file's first features, and max_features."""
+    fmt = splits["train"]
+    examples, _ = readers.READERS[fmt.format](readers.LabelContext(name, ptype.name), "train", fmt, Path(fmt.file))
+    return VectorInput(modalities.first_width(examples, fmt.file),
+                       spec.get("max_features", modalities.DEFAULT_MAX_FEATURES))
 
 
 def _split_from_spec(spec, format_, file, where, root):
