@@ -61,6 +61,8 @@ class TaggedSentence:
     guid: str  # "<problem>-<split>-<line number of its first word>"
     tokens: list
     tags: list | None
+    image: object = None  # as Example's (a jsonl sentence's image), or None
+    vectors: object = None  # as Example's, or None
 
 
 @dataclass(eq=False)
@@ -207,15 +209,20 @@ def convert_examples(problem, examples, tokenizer, max_seq_length, encode_labels
     """
     if not examples:
         raise ValueError(f"no {problem.name} examples to convert")
+    multimodal = modalities.has_inputs(problem)
     if isinstance(examples[0], TaggedSentence):
+        row_length = modalities.text_length(problem, max_seq_length, SPECIAL_TOKENS_PER_ROW + 1) if multimodal \
+            else max_seq_length
         ids, lengths, sentence, first_word, word_starts = encode_word_rows(
-            tokenizer, [example.tokens for example in examples], max_seq_length)
+            tokenizer, [example.tokens for example in examples], row_length)
         features = Features(input_ids=torch.from_numpy(ids), offsets=torch.from_numpy(offsets_of(lengths)),
                             segment_a_len=torch.from_numpy(lengths.astype(np.int32)), labels=None,
                             sentence=torch.from_numpy(sentence), first_word=torch.from_numpy(first_word),
                             word_starts=torch.from_numpy(word_starts))
+        if multimodal:  # each row of a sentence with the sentence's image and vectors
+            features = modalities.with_inputs(problem, [examples[s] for s in sentence.tolist()], features,
+                                              tokenizer.vocab["[SEP]"], source)
     else:
-        multimodal = modalities.has_inputs(problem)
         text_length = modalities.text_length(problem, max_seq_length, MIN_SEQ_LENGTH) if multimodal \
             else max_seq_length
         input_ids, offsets, segment_a_len = pack_texts(examples, tokenizer, text_length, num_workers, desc)

@@ -196,7 +196,8 @@ def with_inputs(problem, examples, features, sep_id, source):
     """Features of the examples' texts -> with each one's image patches and feature vectors after its text (the module
     docstring's layout): input_ids and offsets grown by the blocks, `modality` int8 [total tokens], `images` uint8
     (N, C, H, W) (zeros for a row without one), `vectors` float32 (N, V, width) (V: the most of any row; zero rows
-    past each row's own), `patch_size`. `source` (the data file) names the file in errors."""
+    past each row's own), `patch_size`; word rows' `word_starts` moved with their rows. `examples`: one per row (a
+    sentence cut into rows gives each its image and vectors). `source` (the data file) names the file in errors."""
     n = len(examples)
     images = vectors = None
     image_tokens = counts = np.zeros(n, dtype=np.int64)
@@ -232,7 +233,12 @@ def with_inputs(problem, examples, features, sep_id, source):
     vector_start = image_start + image_tokens
     modality[_spans(vector_start, counts)] = VECTORS
     ids[(vector_start + counts)[counts > 0]] = sep_id
+    word_starts = features.word_starts
+    if word_starts is not None:  # word rows: each word's first piece moves with the blocks of the rows before it
+        row = np.searchsorted(features.offsets.numpy(), word_starts.numpy(), side="right") - 1
+        word_starts = torch.from_numpy(word_starts.numpy() + (offsets[:-1] - features.offsets.numpy()[:-1])[row])
     return replace(features, input_ids=torch.from_numpy(ids), offsets=torch.from_numpy(offsets),
+                   word_starts=word_starts,
                    modality=torch.from_numpy(modality),
                    images=None if images is None else torch.from_numpy(images),
                    vectors=None if vectors is None else torch.from_numpy(vectors),

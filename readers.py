@@ -91,7 +91,24 @@ def _read_tsv(problem, split, fmt, path):
     return examples, lines_of
 
 
+def _words(problem, split, fmt, path, number, record):
+    """A jsonl sentence of a per-token problem (seq_tag): `text` a list of words, `label` a list of one tag each."""
+    where = f"{path} line {number}"
+    tokens = record[fmt.text[0]]
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(token, str) and token for token in tokens):
+        raise ValueError(f"{where}: {fmt.text[0]!r} must hold a non-empty list of words (non-empty strings)")
+    tags = record.get(fmt.label) if fmt.label is not None else None
+    if tags is not None:
+        if not isinstance(tags, list) or len(tags) != len(tokens):
+            raise ValueError(f"{where}: {fmt.label!r} must hold a list of one tag per word ({len(tokens)} words)")
+        tags = [_parse_label(problem, fmt, tag, where) for tag in tags]
+    example = _example(problem, split, fmt, path, number, [" ".join(tokens)], None, None, record.get(fmt.image),
+                       record.get(fmt.features))
+    return TaggedSentence(example.guid, tokens, tags, example.image, example.vectors)
+
+
 def _read_jsonl(problem, split, fmt, path):
+    words = problem_types.get(problem.type).reads == "tokens"  # a tagging problem's sentences are lists of words
     examples, lines_of = [], []
     for number, line in _decoded_lines(path):
         if not line.strip():
@@ -109,6 +126,10 @@ def _read_jsonl(problem, split, fmt, path):
         absent = [key for key in keys if key not in record]
         if absent:
             raise ValueError(f"{where}: no key {absent[0]!r} (its keys: {', '.join(record)})")
+        if words:
+            examples.append(_words(problem, split, fmt, path, number, record))
+            lines_of.append(number)
+            continue
         texts = [record[key] for key in fmt.text]
         label = _parse_label(problem, fmt, record[fmt.label], where) if fmt.label is not None and fmt.label in record \
             else None
@@ -118,11 +139,11 @@ def _read_jsonl(problem, split, fmt, path):
         lines_of.append(number)
     if not examples:
         raise ValueError(f"{path} has no JSON records")
-    labelled = [example.label is not None for example in examples]
+    labelled = [(example.tags if words else example.label) is not None for example in examples]
     if any(labelled) and not all(labelled):
         number = lines_of[labelled.index(False)]
         raise ValueError(f"{path} line {number}: no key {fmt.label!r}, which other lines have")
-    return examples, lines_of
+    return examples, None if words else lines_of
 
 
 def _read_conll(problem, split, fmt, path):

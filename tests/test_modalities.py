@@ -12,6 +12,7 @@ from PIL import Image
 import features as feats
 import masking
 import modalities
+import problem_types
 import problems
 import tokenization
 from conftest import FIXTURES, ROOT, minilm_dir, require
@@ -61,6 +62,8 @@ def test_problems_file_keys_their_defaults_and_the_record(tmp_path):
     assert (split.text, split.image, split.features, split.root) == (("caption",), "image", "features",
                                                                       str(MULTIMODAL))
     assert problem_from_record(json.loads(json.dumps(problem.to_record()))) == problem
+    words = read_problems_file(MULTIMODAL / "problems.json")["fashion_words"]
+    assert words.splits["dev"].text == ("words",) and words.image == problem.image
     defaults = read_problems_file(with_problem(tmp_path / "a", text=None, image_size=None, patch_size=None,
                                                channels=None, features=None, max_features=None))["mine"]
     assert defaults.image == ImageInput((224, 224), 16, 3) and defaults.vectors is None
@@ -81,6 +84,7 @@ def test_problems_file_keys_their_defaults_and_the_record(tmp_path):
       "max_features": None, "text": None}, "text must name one or two keys"),
     ({"max_features": -1}, "max_features must be a positive integer"),
     ({"image": ""}, "image must be a non-empty string"),
+    ({"type": "seq_tag", "text": ["caption", "label"]}, "a seq_tag problem's text is one key, holding a list of words"),
 ])
 def test_problems_file_errors_on_image_and_feature_keys(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -189,6 +193,40 @@ def test_the_feature_cache_follows_the_image_files(tmp_path):
     after = load(problem, "dev", tmp_path / "cache", data_dir=data_dir)
     assert torch.equal(after.images[0], before.images[5]) and not torch.equal(after.images[0], before.images[0])
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_tagging_problem_reads_words_beside_an_image_and_labels_only_the_text(tmp_path):
+    """seq_tag from jsonl: every row of a sentence cut into rows carries the sentence's image; the tags sit on the
+    words' first pieces only, never on a patch, and come back per sentence."""
+    data_dir = fixture_copy(tmp_path)
+    long = {"words": "a long caption of ten plain words about ankle boots".split(),
+            "tags": ["O"] * 9 + ["B-ITEM"], "image": "images/train_09.png"}
+    write_rows(data_dir / "train_words.jsonl", [*rows(data_dir / "train_words.jsonl")[:3], long])
+    problem = read_problems_file(data_dir / "problems.json")["fashion_words"]
+    assert problem.type == "seq_tag" and problem.labels == ("B-ITEM", "I-ITEM", "O") and problem.vectors is None
+    data = load(problem, "train", tmp_path / "cache", max_seq_length=24, data_dir=data_dir)  # rows of 5 word pieces ("caption" is 2)
+    assert data.sentence.tolist() == [0, 1, 2, 3, 3, 3] and data.first_word.tolist() == [0, 0, 0, 0, 4, 9]
+    for row in range(len(data)):
+        kinds = data.modality[data.offsets[row]:data.offsets[row + 1]]
+        assert int((kinds == modalities.IMAGE).sum()) == PATCHES
+    assert torch.equal(data.images[5], data.images[3]) and not torch.equal(data.images[3], data.images[2])
+    labelled = data.token_labels != feats.IGNORE_INDEX
+    assert (data.modality[labelled] == modalities.TEXT).all() and int(labelled.sum()) == 2 + 1 + 1 + 10
+    tags = [record["tags"] for record in rows(data_dir / "train_words.jsonl")]
+    assert problem_types.of(problem).sentence_tags(problem, data, data.token_labels) == tags
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"words": "Ankle boot"}, r"line 2: 'words' must hold a non-empty list of words"),
+    ({"tags": ["O", "O"]}, r"line 2: 'tags' must hold a list of one tag per word \(1 words\)"),
+])
+def test_tagging_rows_of_a_jsonl_file(tmp_path, change, message):
+    data_dir = fixture_copy(tmp_path)
+    records = rows(data_dir / "train_words.jsonl")
+    records[1].update(change)
+    write_rows(data_dir / "train_words.jsonl", records)
+    with pytest.raises(ValueError, match=message):
+        read_problems_file(data_dir / "problems.json")
 
 
 # ---------------------------------------------------------------------------------------------- masked LM

@@ -33,8 +33,8 @@ def small_config(tmp_path_factory):
     return path
 
 
-def command(output_dir, config, cache_dir, problems_file=MULTIMODAL / "problems.json", *extra):
-    return ["--output_dir", output_dir, "--tasks", TASKS, "--problems", problems_file, "--sample", "rr",
+def command(output_dir, config, cache_dir, problems_file=MULTIMODAL / "problems.json", *extra, tasks=TASKS):
+    return ["--output_dir", output_dir, "--tasks", tasks, "--problems", problems_file, "--sample", "rr",
             "--do_train", "--do_eval", "--do_lower_case", "--data_dir", MULTIMODAL, "--vocab_file",
             minilm_dir() / "vocab.txt", "--bert_config_file", config, "--train_batch_size", 8, "--eval_batch_size", 8,
             "--learning_rate", 1e-3, "--num_train_epochs", 2, "--max_seq_length", 32, "--no_cuda", "--cache_dir",
@@ -137,9 +137,11 @@ def test_two_process_torchrun_matches_one_process(tmp_path, small_config):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["embert", "gated"])
 def test_dev_split_reproduces_the_logged_best_metrics(tmp_path, small_config, method):
-    """The run directory alone predicts its dev sets: the classifier's and the masked LM's logged metrics exactly."""
+    """The run directory alone predicts its dev sets: the classifier's, the tagger's and the masked LM's logged
+    metrics exactly, and the tagger's .conll file holds the words with their gold and predicted tags."""
     out = tmp_path / "run"
-    run(command(out, small_config, tmp_path / "cache", MULTIMODAL / "problems.json", "--steps_per_epoch", 8), method)
+    run(command(out, small_config, tmp_path / "cache", MULTIMODAL / "problems.json", "--steps_per_epoch", 9,
+                tasks=f"{TASKS}|fashion_words"), method)
     run_test_multi_task.main(run_test_multi_task.parse_args(
         ["--model_dir", str(out), "--output_dir", str(tmp_path / "dev"), "--split", "dev", "--no_cuda"]))
     best = [record for record in read_jsonl(out / "eval_results.jsonl") if record["best"]][-1]
@@ -148,3 +150,8 @@ def test_dev_split_reproduces_the_logged_best_metrics(tmp_path, small_config, me
     lines = (tmp_path / "dev" / "fashion_captions.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 17
     assert {line.split("\t")[1] for line in lines[1:]} <= {"match", "mismatch"}
+    sentences = (tmp_path / "dev" / "fashion_words.conll").read_text().split("\n\n")
+    records = [json.loads(line) for line in (MULTIMODAL / "dev_words.jsonl").read_text().splitlines()]
+    assert [[line.split("\t")[:2] for line in sentence.splitlines()] for sentence in sentences[:len(records)]] == \
+        [[[word, tag] for word, tag in zip(record["words"], record["tags"])] for record in records]
+    assert set(best["scores"]["fashion_words"]) == {"f1", "precision", "recall"}
