@@ -5,12 +5,13 @@ An example's sequence is its text, then its image's patches, then its feature ve
 
     [CLS] a red dress [SEP] p1 p2 ... p16 [SEP] v1 v2 v3 [SEP]
 
-(a pair's text is `[CLS] A [SEP] B [SEP]`; without text it is `[CLS] [SEP]`). Patches and vectors are rows of the packed
-input_ids holding PLACEHOLDER_ID, marked in `Features.modality` as IMAGE or VECTORS (every vocabulary token, [CLS] and
-each [SEP] included, is TEXT); the model replaces their embeddings with the projected patches and vectors. A row may
-lack an image or vectors (then its sequence has no such block), but not every input. The text keeps at most
-max_seq_length - (patches + 1) - (max_features + 1) tokens (only the blocks the problem has counted), so that
-every example fits.
+(a pair's text is `[CLS] A [SEP] B [SEP]`; without text it is `[CLS] [SEP]`; the blocks are segment B, as everything
+after A is in make_batch). Patches and vectors are rows of the packed input_ids holding PLACEHOLDER_ID, marked in
+`Features.modality` as IMAGE or VECTORS (every vocabulary token, [CLS] and each [SEP] included, is TEXT); the model
+replaces their embeddings with the projected patches and vectors. A row may lack an image or vectors (then its sequence
+has no such block), but not every input. The text keeps at most max_seq_length - (patches + 1) - (max_features + 1)
+tokens (counting only the blocks the problem has), so that every example fits; word rows (seq_tag) are cut to that
+length, and each row of a sentence carries the sentence's image and vectors.
 """
 import json
 from dataclasses import dataclass, replace

@@ -23,7 +23,6 @@ different sizes share the position rows of their first patches. Pixels are scale
 """
 from functools import partial
 
-import torch
 from torch import nn
 
 import modalities

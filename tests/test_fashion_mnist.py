@@ -7,7 +7,7 @@ import fashion_mnist
 import images
 import problems
 from conftest import ROOT, minilm_dir, require
-from fashion_mnist import FASHION_CLASSES, caption
+from fashion_mnist import caption
 from modalities import IMAGE, ImageInput
 
 FASHION = ROOT.parent / "shared" / "fashion_mnist"

@@ -1,4 +1,5 @@
-"""images.py: idx files, and every image source (file, list of pixels, array) through one Pillow conversion and resize."""
+"""images.py: idx files, and every image source (file, list of pixels, array) through one Pillow conversion and
+resize."""
 import gzip
 
 import numpy as np

@@ -204,7 +204,8 @@ def test_a_tagging_problem_reads_words_beside_an_image_and_labels_only_the_text(
     write_rows(data_dir / "train_words.jsonl", [*rows(data_dir / "train_words.jsonl")[:3], long])
     problem = read_problems_file(data_dir / "problems.json")["fashion_words"]
     assert problem.type == "seq_tag" and problem.labels == ("B-ITEM", "I-ITEM", "O") and problem.vectors is None
-    data = load(problem, "train", tmp_path / "cache", max_seq_length=24, data_dir=data_dir)  # rows of 5 word pieces ("caption" is 2)
+    # Rows of 5 word pieces beside 16 patches + [SEP] ("caption" is 2 pieces): three rows for the long sentence.
+    data = load(problem, "train", tmp_path / "cache", max_seq_length=24, data_dir=data_dir)
     assert data.sentence.tolist() == [0, 1, 2, 3, 3, 3] and data.first_word.tolist() == [0, 0, 0, 0, 4, 9]
     for row in range(len(data)):
         kinds = data.modality[data.offsets[row]:data.offsets[row + 1]]

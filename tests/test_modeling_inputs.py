@@ -1,7 +1,6 @@
 """modeling_inputs.py: the patch embedding and vector projection against hand computations, where their rows go in
 packed and padded layouts, sharing and names, and text batches computing exactly as in a model without them."""
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -11,9 +10,7 @@ import checkpoints
 import features as feats
 import modalities
 import modeling
-import modeling_gated
 import modeling_inputs
-import modeling_pals
 import problems
 from conftest import FIXTURES, fixture_glue_dir, minilm_dir
 from helpers import assert_std
