@@ -31,6 +31,7 @@ from torch import nn
 import evaluation
 import masking
 import modeling_pals
+import problem_record
 import problem_types
 import problems
 import readers
@@ -191,10 +192,11 @@ def load_model(method, config, heads, state, path, user_problems=None, num_group
     return model.eval()
 
 
-def load_run_directory(args):
-    """A training run's output directory: the model, tokenizer settings and defaults all come from its files."""
+def load_run_directory(args, model_file=BEST_MODEL):
+    """A training run's output directory: the model (`model_file`: its best model, or LAST_CHECKPOINT's), tokenizer
+    settings and defaults all come from its files."""
     directory = Path(args.model_dir)
-    needed = [directory / name for name in (CONFIG_FILE, VOCAB_FILE, BEST_MODEL)]
+    needed = [directory / name for name in (CONFIG_FILE, VOCAB_FILE, model_file)]
     absent = [path.name for path in needed if not path.is_file()]
     if absent:
         fail(f"--model_dir {directory} lacks {', '.join(absent)}: expected a training run's --output_dir "
@@ -217,7 +219,7 @@ def load_run_directory(args):
         fail(f"--model {args.model} disagrees with {config_path}, which says {name}")
     method, heads = METHODS[name], record["task_names"]
     try:
-        user_problems = {n: problems.problem_from_record(r) for n, r in record.get("problems", {}).items()}
+        user_problems = {n: problem_record.problem_from_record(r) for n, r in record.get("problems", {}).items()}
         table = {task: problems.get_problem(task, user_problems) for task in heads}
     except (KeyError, TypeError, ValueError) as err:
         fail(f"{config_path}: its problems cannot be rebuilt ({err})")
