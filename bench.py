@@ -7,6 +7,7 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
     python bench.py --sections train --profile 5      # torch.profiler's top ops of path (1) over 5 steps
     python bench.py --device cpu --sections group     # an & group of three People's Daily problems
     python bench.py --device cpu --sections mlm       # a masked-LM step against transformers' BertForMaskedLM
+    python bench.py --device cpu --sections onnx      # evaluation on onnxruntime against ours (bench_onnx.py)
 
 The paths, fed the identical batches:
   (1) ours         one step of multitask.main's loop as run_multi_task.py runs it with the device's default
@@ -102,6 +103,7 @@ from pathlib import Path
 import torch
 from torch.profiler import record_function
 
+import bench_onnx
 import glue_processors
 import modeling
 import modeling_gated
@@ -145,7 +147,7 @@ PEAK_BF16_TFLOPS = (
 )
 # Defaults per device type: (warm-up steps, timed steps per round, rounds, eval examples per task (0 = whole dev)).
 RUN_DEFAULTS = {"cpu": (3, 10, 3, 128), "cuda": (20, 100, 5, 0)}
-SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "group", "mlm", "data")
+SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "group", "mlm", "data", "onnx")
 # The group section's & group: People's Daily problems with the same inputs (problems.PKU_PROBLEMS), its first
 # member also the single-problem path's problem; the data directory holding pku199801/ (run_multi_task's --data_dir).
 GROUP_PROBLEMS = ("pku_cws", "pku_ner", "pku_entity_types")
@@ -1412,8 +1414,9 @@ def main(argv=None):
               "pals": "PALs train: one step, beside EmBERT's (ours)",
               "group": f"group train: {'&'.join(GROUP_PROBLEMS)} against {GROUP_PROBLEMS[0]} alone and the three "
                        "one by one",
-              "mlm": f"mlm train: {args.mlm_problem} (masked LM), ours against transformers.BertForMaskedLM"}
-    printers = {"group": print_group_section, "mlm": print_mlm_section}
+              "mlm": f"mlm train: {args.mlm_problem} (masked LM), ours against transformers.BertForMaskedLM",
+              "onnx": f"onnx eval: onnxruntime against ours, CPU, one thread, batch {args.eval_batch_size}"}
+    printers = {"group": print_group_section, "mlm": print_mlm_section, "onnx": bench_onnx.print_onnx_section}
 
     def report_sections(*keys):
         """Print what a section measured as soon as it is done, and write every number so far to --json (a run
@@ -1423,7 +1426,7 @@ def main(argv=None):
                 printers.get(key, print_section)(titles[key], report[key], device)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
-    glue_sections = [s for s in args.sections if s not in ("group", "mlm", "data")]  # on the five tasks' batches
+    glue_sections = [s for s in args.sections if s not in ("group", "mlm", "data", "onnx")]  # on the five tasks' batches
     if glue_sections:
         train_sets = [load_features(args.data_dir, t, "train", args.vocab_file, True, MAX_SEQ_LENGTH,
                                     cache_dir=args.cache_dir) for t in BENCH_TASKS]
@@ -1461,6 +1464,11 @@ def main(argv=None):
             report_sections("mlm")
     if "data" in args.sections:
         report["data"] = data_section(args)
+    if "onnx" in args.sections:
+        onnx = bench_onnx.onnx_section(args, config, BENCH_TASKS, MAX_SEQ_LENGTH)
+        if onnx is not None:
+            report["onnx"] = onnx
+            report_sections("onnx")
 
     print()
     if "compile" in report.get("train", {}):
