@@ -196,18 +196,19 @@ def main(args):
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     vocab = Path(loaded.vocab_file).name
-    shutil.copyfile(loaded.vocab_file, output_dir / vocab)
+    if not ((output_dir / vocab).exists() and (output_dir / vocab).samefile(loaded.vocab_file)):  # the run's own
+        shutil.copyfile(loaded.vocab_file, output_dir / vocab)
     record = {"vocab_file": vocab, "do_lower_case": loaded.do_lower_case, "max_seq_length": loaded.max_seq_length,
               "groups": []}
     for row, members in groups_of(loaded):
         kept = []
         for head in members:
             problem = loaded.problem(loaded.heads[head])
-            if problem_types.of(problem).exported:
+            reason = problem_types.of(problem).not_exported
+            if reason is None:
                 kept.append(head)
             else:
-                print(f"{problem.name} left out: a {problem.type} problem predicts masked tokens of masked inputs, "
-                      "which a served graph is not asked for")
+                print(f"{problem.name} left out: a {problem.type} problem, {reason}")
         if not kept:
             continue
         names = [loaded.heads[head] for head in kept]

@@ -103,7 +103,7 @@ class ProblemType:
     min_labels = 1  # fewest labels found in a training file
     scaled = False  # takes label_scale (targets are label / label_scale)
     takes_inputs_of = False  # may read another problem's inputs (X_mlm, "inputs_of")
-    exported = True  # export_onnx.py writes its head's output into the group's graph
+    not_exported = None  # why export_onnx.py leaves the type's problems out of the graphs (None: it exports them)
 
     # ---------------------------------------------------------------- the record
 
@@ -454,7 +454,7 @@ class MaskedLMType(ProblemType):
     masks_inputs = True
     takes_inputs_of = True
     file_suffix = None
-    exported = False  # its head predicts masked tokens of masked inputs: nothing a served graph is asked for
+    not_exported = "its head predicts the masked tokens of inputs masked for it, which a served graph is not given"
     formats = ("text", "tsv", "jsonl")
 
     def num_outputs(self, problem):
