@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import evaluation
+from bench_training import BENCH_TASKS, MAX_SEQ_LENGTH
 import export_onnx
 import modeling
 from features import make_batch, take_examples
@@ -64,12 +65,18 @@ def onnxruntime_pass(session, features, batch_size):
             for batch in padded_batches(features, batch_size)]
 
 
-def onnx_section(args, config, tasks, max_seq_length):
-    """Evaluation sequences/s, ours against onnxruntime (module docstring); None, with a note, without the extras."""
+def onnx_section(run):
+    """bench.py's measurement: {"onnx": ...} on the five GLUE tasks' dev sets (bench_training.BenchRun's flags and
+    sizes); no report entry, with a one-line note, without the extras."""
     missing = export_onnx.missing_packages()
     if missing:
-        print(f"onnx section skipped: {', '.join(missing)} not installed (pip install -r requirements-dev.txt)")
-        return None
+        print(f"note: onnx section skipped: {', '.join(missing)} not installed (pip install -r requirements-dev.txt)")
+        return {}
+    return {"onnx": measure(run.args, run.config, BENCH_TASKS, MAX_SEQ_LENGTH)}
+
+
+def measure(args, config, tasks, max_seq_length):
+    """Evaluation sequences/s of `tasks`' dev samples, ours against onnxruntime (module docstring)."""
     import onnxruntime
     torch.manual_seed(args.seed)
     problems = [TASKS[name] for name in tasks]
@@ -121,7 +128,7 @@ def onnx_section(args, config, tasks, max_seq_length):
 
 def print_onnx_section(title, section, device):
     """bench.py's printer for the section."""
-    print(f"\n{title}")
+    print(f"\n== {title} ==")
     for name, path in section["paths"].items():
         low, high = path["sequences_per_s_range"]
         print(f"  {name:<12} {path['sequences_per_s']:9.1f} sequences/s (rounds {low:.1f}-{high:.1f})")
