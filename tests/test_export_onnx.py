@@ -206,6 +206,7 @@ def test_a_run_without_its_dev_files_names_the_flag(embert, tmp_path):
                                                  "--data_dir", str(tmp_path)]))
 
 
+@pytest.mark.slow  # one more export, of seconds
 def test_a_graph_that_differs_from_pytorch_stops_the_export(embert, tmp_path, monkeypatch):
     run, _, _ = embert
     shape = torch.Size([2, 8])
