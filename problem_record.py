@@ -15,6 +15,12 @@ from problem_types import DEFAULT_LABEL_SEPARATOR
 # How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
 # accuracy, say), as the original code did; other problems use their first metric.
 SCORE_RULES = ("mean", "first")
+# What one input of a problem is (Problem.inputs): a text, a pair of texts, or a list of words.
+TEXT_INPUT, PAIR_INPUT, WORDS_INPUT = "text", "pair", "words"
+
+
+def _texts(columns):
+    return PAIR_INPUT if len(columns) == 2 else TEXT_INPUT
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,10 @@ class SplitFormat:
     label_column: int | None = None  # train/dev files
     index_column: int | None = None  # test files: the `index`/`id` column written back into submissions
     skip_malformed_rows: bool = False  # QQP train/dev: skip rows with the wrong number of fields, as the original did
+
+    @property
+    def inputs(self):
+        return _texts(self.text_columns)
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,10 @@ class TsvSplit:
     features: str | None = None  # the column of feature vectors: a JSON list of lists, or a .npy file's path
     root: str | None = None  # the folder image and .npy paths are relative to (the problems file's); None: the file's
 
+    @property
+    def inputs(self):
+        return _texts(self.text)
+
 
 @dataclass(frozen=True)
 class JsonlSplit(TsvSplit):
@@ -53,6 +67,7 @@ class JsonlSplit(TsvSplit):
 class ConllSplit:
     """One token per line, whitespace-separated columns, a blank line between sentences, -DOCSTART- lines skipped."""
     format: ClassVar[str] = "conll"
+    inputs: ClassVar[str] = WORDS_INPUT
     file: str
     token_column: int = 0
     label_column: int = -1  # -1 = the last column
@@ -62,6 +77,7 @@ class ConllSplit:
 class PkuSplit:
     """People's Daily 1998: the train or dev sentences of 199801.txt, with the tags of one problem."""
     format: ClassVar[str] = "pku"
+    inputs: ClassVar[str] = WORDS_INPUT
     file: str
     part: str  # "train" or "dev"
     tags: str  # a key of PKU_TAGGERS
@@ -71,6 +87,7 @@ class PkuSplit:
 class TextSplit:
     """Plain text. mask_lm: one text per line; pretrain: one sentence per line, a blank line between documents."""
     format: ClassVar[str] = "text"
+    inputs: ClassVar[str] = TEXT_INPUT
     file: str
 
 
@@ -79,6 +96,7 @@ class PkuDocumentsSplit:
     """People's Daily 1998 as documents (pretrain): a paragraph (a line of 199801.txt) is a document of sentences
     split as the other PKU problems split them; the train or dev paragraphs."""
     format: ClassVar[str] = "pku_documents"
+    inputs: ClassVar[str] = PAIR_INPUT  # sentence pairs of a document
     file: str
     part: str  # "train" or "dev"
 
@@ -138,6 +156,11 @@ class Problem:
     def num_labels(self):
         """Outputs of the problem's own head (classifier.N); 0 for a masked LM (BERT's pre-training heads)."""
         return problem_types.of(self).num_outputs(self)
+
+    @property
+    def inputs(self):
+        """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same)."""
+        return next(iter(self.splits.values())).inputs
 
     @property
     def dev_splits(self):
