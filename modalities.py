@@ -74,6 +74,12 @@ def has_inputs(problem):
     return problem.image is not None or problem.vectors is not None
 
 
+def not_exported(problem):
+    """Why export_onnx.py's graphs (token inputs only) leave the problem out, or None when it reads text alone."""
+    return "its inputs include images or feature vectors, which the graph's token inputs do not carry" \
+        if has_inputs(problem) else None
+
+
 def reserved_tokens(problem):
     """Tokens the blocks after the text may take: patches + [SEP], max_features + [SEP] (those the problem has)."""
     image = 0 if problem.image is None else problem.image.num_patches + 1

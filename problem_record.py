@@ -106,6 +106,7 @@ class IdxSplit:
     """Images and their class numbers in two idx files (MNIST's format; Fashion-MNIST's files), read by
     fashion_mnist.py. `file` holds the images, `labels_file` (in the same folder) the labels."""
     format: ClassVar[str] = "idx"
+    inputs: ClassVar[str] = TEXT_INPUT  # a caption (or none) beside each image
     file: str
     labels_file: str
     captions: bool = False  # each image with a caption, a class name (fashion_mnist.caption): match or mismatch
@@ -159,8 +160,10 @@ class Problem:
 
     @property
     def inputs(self):
-        """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same)."""
-        return next(iter(self.splits.values())).inputs
+        """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same; a
+        tagging problem's jsonl sentences are lists of words)."""
+        form = next(iter(self.splits.values())).inputs
+        return WORDS_INPUT if problem_types.of(self).reads == "tokens" else form
 
     @property
     def dev_splits(self):

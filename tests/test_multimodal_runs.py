@@ -7,14 +7,19 @@ import shutil
 import subprocess
 import sys
 
+import contextlib
+import io
+
 import pytest
 import torch
 
+import export_onnx
+import inference
 import multitask
 import run_multi_task
 import run_multi_task_gated
 import run_test_multi_task
-from conftest import FIXTURES, ROOT, minilm_dir
+from conftest import FIXTURES, ROOT, fixture_glue_dir, minilm_dir, require
 from helpers import interrupt_at_step, read_jsonl
 
 MULTIMODAL = FIXTURES / "multimodal"
@@ -89,6 +94,27 @@ def test_prediction_stops_on_a_bad_dev_row_before_writing(tmp_path, small_config
         run_test_multi_task.main(run_test_multi_task.parse_args(
             ["--model_dir", str(out), "--output_dir", str(tmp_path / "dev"), "--split", "dev", "--no_cuda"]))
     assert not (tmp_path / "dev").exists()
+
+
+def test_the_predictor_and_the_onnx_export_leave_image_problems_out_with_a_reason(tmp_path, small_config):
+    """Their inputs are texts and word lists: a problem with images is refused by name, the run's text problem is
+    served as before."""
+    out = tmp_path / "run"
+    argv = command(out, small_config, tmp_path / "cache", MULTIMODAL / "problems.json", "--steps_per_epoch", 2,
+                   tasks="fashion_captions|rte")
+    argv[argv.index("--data_dir") + 1] = fixture_glue_dir()  # RTE's rows; the user's problem has its own paths
+    run(argv)
+    predictor = inference.Predictor.from_run(out)
+    with pytest.raises(ValueError, match="fashion_captions reads images or feature vectors, which the Predictor"):
+        predictor.predict("fashion_captions", ["Bag"])
+    assert predictor.predict("rte", [("A man sleeps.", "Nobody sleeps.")])[0] in {"entailment", "not_entailment"}
+    require(not export_onnx.missing_packages(), "needs onnx, onnxscript and onnxruntime (requirements-dev.txt)")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        export_onnx.main(export_onnx.parse_args(["--model_dir", str(out), "--output_dir", str(tmp_path / "onnx")]))
+    assert "fashion_captions left out: a cls problem, its inputs include images or feature vectors" in \
+        printed.getvalue()
+    assert sorted(path.name for path in (tmp_path / "onnx").glob("*.onnx")) == ["rte.onnx"]
 
 
 @pytest.mark.slow
