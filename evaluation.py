@@ -42,7 +42,7 @@ class SplitPass:
         model.eval()
         order = torch.argsort(features.lengths, descending=True, stable=True)
         for start in tqdm(range(0, len(features), self.batch_size), desc=self.desc, leave=False,
-                          disable=self.desc is None):
+                          disable=True if self.desc is None else None):  # None: off when stderr is no terminal
             indices = order[start:start + self.batch_size]
             batch = make_batch(features, indices, pad_to=self.pad_to, pad_multiple=PAD_MULTIPLE)
             batch = to_device(masking.with_masked_positions(batch) if masked else batch, self.device)

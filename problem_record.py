@@ -5,6 +5,7 @@
 through JSON (`to_record`, `problem_from_record`), so a run's config.json carries the user's problems and the run
 directory predicts on its own.
 """
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -115,8 +116,9 @@ class Problem:
         if self.score_rule not in SCORE_RULES:
             raise ValueError(f"problem {self.name}: score_rule {self.score_rule!r} is not one of {SCORE_RULES}")
         if isinstance(self.loss_weight, bool) or not isinstance(self.loss_weight, (int, float)) or \
-                not self.loss_weight > 0:
-            raise ValueError(f"problem {self.name}: loss_weight must be a positive number, got {self.loss_weight!r}")
+                not 0 < self.loss_weight < math.inf:
+            raise ValueError(f"problem {self.name}: loss_weight must be a positive number (finite), got "
+                             f"{self.loss_weight!r}")
 
     @property
     def num_labels(self):

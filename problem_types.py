@@ -112,7 +112,7 @@ class ProblemType:
                              f"{'needs its list of labels' if self.has_label_list else 'has no labels'}")
         if problem.inputs_of is not None and not self.takes_inputs_of:
             raise ValueError(f"problem {problem.name}: inputs_of is for mask_lm problems, not {self.name}")
-        if problem.label_scale is not None and not (self.scaled and problem.label_scale > 0):
+        if problem.label_scale is not None and not (self.scaled and 0 < problem.label_scale < math.inf):
             raise ValueError(f"problem {problem.name}: label_scale must be a positive number, and only for regression")
 
     def num_outputs(self, problem):
@@ -285,12 +285,15 @@ class MultiLabelType(ProblemType):
         if isinstance(value, list):
             items = value
         elif isinstance(value, str):
-            items = value.split(separator) if value else []
+            items = value.split(separator) if value.strip() else []
         else:
             raise ValueError(f"{where}: labels {value!r} are neither a JSON list nor a {separator!r}-joined string")
-        if any(not isinstance(item, (str, int)) or isinstance(item, bool) or item == "" for item in items):
+        if any(not isinstance(item, (str, int)) or isinstance(item, bool) for item in items):
             raise ValueError(f"{where}: labels {value!r} must be non-empty strings")
-        return tuple(dict.fromkeys(str(item) for item in items))
+        items = [str(item).strip() for item in items]  # "joy, positive": the space is no part of a label
+        if "" in items:
+            raise ValueError(f"{where}: labels {value!r} must be non-empty strings")
+        return tuple(dict.fromkeys(items))
 
     def label_values(self, example):
         if isinstance(example, feats.TaggedSentence):

@@ -166,7 +166,7 @@ def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, m
                                              cache_dir=cache_dir, num_workers=num_workers)
     data_file = readers.problem_file(data_dir, problem, split)
     if not data_file.is_file():
-        raise FileNotFoundError(f"problem {problem.name}: {split} file not found: {data_file}")
+        raise FileNotFoundError(f"problem {problem.name}: {split} file {readers.missing_file(data_file)}")
     cache_dir = feats.default_cache_dir() if cache_dir is None else Path(cache_dir)
     cache_path = problem_cache_path(cache_dir, problem, split, data_file, vocab_file, do_lower_case, max_seq_length)
 

@@ -14,6 +14,7 @@ Which types a format holds and which keys a type takes are the type's (problem_t
 import dataclasses
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def read_problems_file(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"problems file not found: {path} (expected a JSON object of named problems)")
+        raise FileNotFoundError(f"problems file {readers.missing_file(path)} (expected a JSON object of named "
+                                "problems)")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
@@ -125,6 +127,8 @@ def _check_loss_weight(spec, where):
         weight = spec["loss_weight"]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
             raise ValueError(f"{where}: loss_weight must be a positive number (the factor of its loss in a step)")
+        if not math.isfinite(weight):
+            raise ValueError(f"{where}: loss_weight must be a finite number, got {weight!r}")
 
 
 def _problem_from_spec(name, spec, problems_file):
@@ -164,6 +168,8 @@ def _problem_from_spec(name, spec, problems_file):
         scale = spec["label_scale"]
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"{where}: label_scale must be a positive number, and only for regression")
+        if not math.isfinite(scale):
+            raise ValueError(f"{where}: label_scale must be a finite number, got {scale!r}")
     _check_loss_weight(spec, where)
     if "train" not in spec:
         raise ValueError(f"{where}: needs a train file (\"train\": path relative to the problems file)")
@@ -176,8 +182,8 @@ def _problem_from_spec(name, spec, problems_file):
             raise ValueError(f"{where}: {split} must be a file path (relative to the problems file)")
         file = (problems_file.parent / spec[split]).resolve()
         if not file.is_file():
-            raise FileNotFoundError(f"{where}: {split} file not found: {file} (paths are relative to the problems "
-                                    "file's folder)")
+            raise FileNotFoundError(f"{where}: {split} file {readers.missing_file(file)} (paths are relative to the "
+                                    "problems file's folder)")
         files[split] = str(file)
     splits = {split: _split_from_spec(spec, format_, file, where) for split, file in files.items()}
 

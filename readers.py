@@ -16,6 +16,9 @@ from masking import next_sentence_examples
 from problem_record import SplitFormat
 
 CONLL_DOCSTART = "-DOCSTART-"
+# What a file of each format holds, for the message about an empty one.
+FORMAT_CONTENTS = {"tsv": "a tab-separated file with a header row", "jsonl": "one JSON object per line",
+                   "conll": "one token per line, a blank line between sentences", "text": "one text per line"}
 
 
 class LabelContext:
@@ -25,10 +28,10 @@ class LabelContext:
         self.name, self.type = name, type
 
 
-def _decoded_lines(path):
+def _decoded_lines(path, fmt):
     """A UTF-8 file's lines (BOM, CRLF and the final newline handled as in the GLUE reader), as (number, str)."""
     return [(number, glue_processors.decode(line, path, number))
-            for number, line in enumerate(glue_processors.read_lines(path), start=1)]
+            for number, line in enumerate(glue_processors.read_lines(path, FORMAT_CONTENTS[fmt.format]), start=1)]
 
 
 def _parse_label(problem, fmt, value, where):
@@ -51,7 +54,7 @@ def tsv_columns(path, fmt, split, header_line):
 
 
 def _read_tsv(problem, split, fmt, path):
-    lines = _decoded_lines(path)
+    lines = _decoded_lines(path, fmt)
     header, columns = tsv_columns(path, fmt, split, lines[0][1])
     labelled = fmt.label in columns
     examples, lines_of = [], []
@@ -73,7 +76,7 @@ def _read_tsv(problem, split, fmt, path):
 
 def _read_jsonl(problem, split, fmt, path):
     examples, lines_of = [], []
-    for number, line in _decoded_lines(path):
+    for number, line in _decoded_lines(path, fmt):
         if not line.strip():
             continue  # blank lines (a trailing one, say) carry no record
         where = f"{path} line {number}"
@@ -119,7 +122,7 @@ def _read_conll(problem, split, fmt, path):
         tokens.clear()
         tags.clear()
 
-    for number, line in _decoded_lines(path):
+    for number, line in _decoded_lines(path, fmt):
         fields = line.split()
         if not fields:
             end_sentence()
@@ -153,7 +156,7 @@ def _read_conll(problem, split, fmt, path):
 
 def _read_text(problem, split, fmt, path):
     """mask_lm: an example per non-blank line. pretrain: documents (blank-line separated) -> sentence pairs."""
-    lines = [(number, line.strip()) for number, line in _decoded_lines(path)]
+    lines = [(number, line.strip()) for number, line in _decoded_lines(path, fmt)]
     if problem_types.get(problem.type).next_sentence:
         documents, document = [], []
         for number, line in lines:
@@ -179,6 +182,11 @@ def problem_file(data_dir, problem, split):
     return Path(data_dir) / problem.directory / problem.split_format(split).file
 
 
+def missing_file(path):
+    """Why `path` cannot be read as a file, in words: "not found: <path>" or "<path> is a folder, not a file"."""
+    return f"{path} is a folder, not a file" if path.is_dir() else f"not found: {path}"
+
+
 def read_examples(problem, split, data_dir):
     """One split's examples (a Problem's), labels checked; a test split's labels (a test file may carry them) are
     checked, then dropped."""
@@ -187,7 +195,7 @@ def read_examples(problem, split, data_dir):
         return glue_processors.load_examples(data_dir, problem, split)
     path = problem_file(data_dir, problem, split)
     if not path.is_file():
-        raise FileNotFoundError(f"problem {problem.name}: {split} file not found: {path}")
+        raise FileNotFoundError(f"problem {problem.name}: {split} file {missing_file(path)}")
     examples, lines_of = READERS[fmt.format](problem, split, fmt, path)
     problem_types.of(problem).check_labels(problem, path, examples, lines_of)
     if split in problem.test_splits:
