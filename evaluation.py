@@ -35,8 +35,9 @@ class SplitPass:
 
     @torch.no_grad()
     def batches(self, masked=False):
-        """Yields each batch's example indices, the batch on the device (with masking.with_masked_positions when
-        `masked`) and the head's logits; the model is in eval mode meanwhile, restored after."""
+        """Yields each batch's row indices, the batch on the device (with masking.with_masked_positions when
+        `masked`) and the head's logits (a head on the pooled output: for the rows that stand for examples,
+        features.example_indices); the model is in eval mode meanwhile, restored after."""
         model, features = self.model, self.features
         was_training = model.training
         model.eval()
@@ -49,7 +50,7 @@ class SplitPass:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 output = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], self.row,
                                token_index=batch["token_index"], heads=[self.head],
-                               masked_index=batch.get("masked_index"))
+                               masked_index=batch.get("masked_index"), example_index=batch.get("example_index"))
             yield indices, batch, output.logits[0]
         model.train(was_training)
 

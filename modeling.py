@@ -376,19 +376,21 @@ class BertForMultiTask(nn.Module):
         self.apply(partial(init_weights, std=config.initializer_range))
 
     def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None, heads=None,
-                masked_index=None, denominators=None):
+                masked_index=None, denominators=None, example_index=None):
         """The logits of `heads` (head indices, default [task_id]) reading one encoder pass of task row `task_id`,
         and with `labels` (one per head) their losses. A head on the pooled output gives (B, num_labels) logits for
         labels (B,) or (B, L); a head on the tokens (N, num_labels) for the N real tokens in row-major order, labels
         (N,); a masked-LM head (M, vocab_size) for the M masked tokens at `masked_index` (positions among the N
         packed tokens, (M,)), labels (M,) their original ids. token_index: optional, see BertModel.forward.
         denominators: one per head, what a per-token loss divides its sum by (problem_types.token_loss; None: its
-        count of labelled tokens, a mean)."""
+        count of labelled tokens, a mean), or a per-example loss on word inputs. example_index: (E,), the rows a head
+        on the pooled output reads when not every row is an example (a cut sentence's first row only); its logits
+        are then (E, num_labels)."""
         heads = [task_id] if heads is None else heads
         kinds = [self.head_types[h] for h in heads]
         per_token = any(kind.reads != "pooled" for kind in kinds)
         encoded = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token)
-        encoded.masked_index = masked_index
+        encoded.masked_index, encoded.example_index = masked_index, example_index
         logits = [self.classifier[h](encoded) for h in heads]
         if labels is None:
             return MultiTaskOutput(logits)

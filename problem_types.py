@@ -1,9 +1,9 @@
 """The registry of problem types: everything that depends on a problem's type, in one object per type.
 
     type        head (reads)            labels in Features                 prediction             file
-    cls         PooledHead (pooled)     labels int64 [N] class index       argmax (N,)            .tsv
-    regression  PooledHead (pooled)     labels float32 [N] label / scale   logits[:, 0] (N,)      .tsv
-    multi_cls   PooledHead (pooled)     labels float32 [N, L] multi-hot    sigmoid > 0.5 (N, L)   .tsv
+    cls         PooledHead (pooled)     labels int64 [N] class index       argmax (S,)            .tsv
+    regression  PooledHead (pooled)     labels float32 [N] label / scale   logits[:, 0] (S,)      .tsv
+    multi_cls   PooledHead (pooled)     labels float32 [N, L] multi-hot    sigmoid > 0.5 (S, L)   .tsv
     seq_tag     TokenHead (tokens)      token_labels int64 [total tokens]  argmax per token       .conll
     mask_lm     MaskedLMHead (masked)   masked afresh every step           sums over masked       none
     pretrain    PreTrainingHead         NSP labels int64 [N]; masked too   sums over masked       none
@@ -13,6 +13,10 @@ the step's labelled tokens), how its labels are parsed, checked, encoded and bat
 the model's outputs on a split (given the pass over the split, so that a type may decode with the model), its
 metrics and score, its prediction file, and which problems-file keys and formats it takes. Code elsewhere asks a
 problem's type object (`of(problem)`) and never compares a type with a name.
+
+The three types on the pooled output label an example: one row of their features per example for text inputs;
+for word inputs (a sentence cut into rows for the tagging problems it shares them with) each sentence's first row,
+its labels those of the whole sentence (features.example_rows): trained, scored and written once per example (S).
 
 A new type is a subclass of `ProblemType` (a head class in heads.py when none of the existing ones reads the encoder
 its way) and a line in `TYPES`.
@@ -68,8 +72,9 @@ def _shown(labels):
 
 
 def _labelled(problem, examples):
-    """True when every example has labels, False when none has; an error for a mix."""
-    labelled = [example.label is not None for example in examples]
+    """True when every example has labels (a TaggedSentence: its tags), False when none has; an error for a mix."""
+    labelled = [(example.tags if isinstance(example, feats.TaggedSentence) else example.label) is not None
+                for example in examples]
     if any(labelled) and not all(labelled):
         raise ValueError(f"{problem.name}: some examples have labels and some do not")
     return all(labelled)
@@ -163,18 +168,23 @@ class ProblemType:
         return torch.tensor([label_ids[example.label] for example in examples], dtype=torch.int64), None
 
     def example_labels(self, features, indices):
-        """The labels of the examples at `indices` as the loss reads them: per example, (B,) or (B, L)."""
-        return features.labels[indices]
+        """The labels of the rows at `indices` as the loss reads them: per example, (E,) or (E, L), for the rows
+        that stand for examples (all of them for text inputs; features.example_indices)."""
+        return features.labels[feats.example_indices(features, indices)]
 
-    def labelled_tokens(self, features, indices):
-        """How many labelled tokens the examples at `indices` hold (a per-token loss's share), None per example."""
-        return None
+    def loss_units(self, features, indices):
+        """What the loss of the rows at `indices` averages over, when micro-batches may hold different numbers of
+        it: their examples for word inputs (a cut sentence's later rows are none); None (a plain mean over the
+        micro-batch's examples) for text inputs."""
+        return None if features.first_word is None else len(feats.example_indices(features, indices))
 
     # ---------------------------------------------------------------- the model
 
     def loss(self, logits, labels, denominator=None):
-        """logits (B, L), labels (B,) class index."""
-        return F.cross_entropy(logits.float(), labels)
+        """logits (E, L), labels (E,) class index; the sum divided by `denominator` when given, else the mean."""
+        if denominator is None:
+            return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits.float(), labels, reduction="sum") / denominator
 
     def decide(self, logits):
         """A split's logits (on the CPU, float32) -> its predictions."""
@@ -182,20 +192,29 @@ class ProblemType:
 
     def predict(self, problem, split_pass):
         """The predictions on one split: `split_pass` runs the model over it (evaluation.SplitPass). A head on the
-        pooled output gives (N, num_labels) logits in the features' order, a head on the tokens (total tokens,
-        num_labels) in input_ids order."""
+        pooled output gives (S, num_labels) logits, one per example in file order (features.example_rows), a head on
+        the tokens (total tokens, num_labels) in input_ids order."""
         features = split_pass.features
         rows = int(features.offsets[-1]) if self.reads == "tokens" else len(features)
         logits_out = torch.empty(rows, self.num_outputs(problem), device=split_pass.device)
         for indices, batch, logits in split_pass.batches():
-            where = feats.packed_positions(features, indices) if self.reads == "tokens" else indices
+            if self.reads == "tokens":
+                where = feats.packed_positions(features, indices)
+            else:  # the logits of the rows that stand for examples, in the order of `indices`
+                where = feats.example_indices(features, indices)
             logits_out[where.to(split_pass.device)] = logits.float()
+        if self.reads != "tokens":
+            logits_out = logits_out[feats.example_rows(features).to(split_pass.device)]
         return self.decide(logits_out.cpu())
 
     # ---------------------------------------------------------------- metrics, score, prediction file
 
+    def gold(self, features):
+        """The labels of a split's S examples, as `predict` orders them."""
+        return features.labels[feats.example_rows(features)]
+
     def metrics(self, problem, split, predictions, features):
-        return metrics.compute_metrics(problem, split, predictions, features.labels)
+        return metrics.compute_metrics(problem, split, predictions, self.gold(features))
 
     def score(self, problem, values):
         """One problem's score for the best-model choice (higher is better): GLUE rows the mean of their metrics,
@@ -209,7 +228,7 @@ class ProblemType:
         """`index<TAB>prediction` per example: the file's index on test (GLUE's, or the row number), else the row.
         `read_examples()` gives the split's examples (a type that writes them back reads them)."""
         values = self.prediction_strings(problem, predictions)
-        indices = features.index if features.index is not None else range(len(features))
+        indices = features.index if features.index is not None else range(len(values))
         lines = [PREDICTION_HEADER, *(f"{index}\t{value}" for index, value in zip(indices, values, strict=True))]
         write_text(path, "\n".join(lines) + "\n")
 
@@ -258,8 +277,10 @@ class RegressionType(ProblemType):
                             dtype=torch.float32), None
 
     def loss(self, logits, labels, denominator=None):
-        """logits (B, 1), labels (B,) the target."""
-        return F.mse_loss(logits.float().squeeze(-1), labels.float())
+        """logits (E, 1), labels (E,) the target; the summed squares divided by `denominator` when given."""
+        if denominator is None:
+            return F.mse_loss(logits.float().squeeze(-1), labels.float())
+        return F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="sum") / denominator
 
     def decide(self, logits):
         return logits[:, 0]  # in label / label_scale units
@@ -301,33 +322,36 @@ class MultiLabelType(ProblemType):
         return example.label or ()
 
     def encode_labels(self, problem, examples, features):
-        """float32 [N, L]: 1 where row i has label j. Word rows have the labels (other than O) of the words they
-        hold."""
+        """float32 [N, L]: 1 where row i has label j. Word inputs: every row of a sentence has the sentence's labels,
+        those (other than O) of all its words, the first row's being the example's (features.example_rows)."""
         if not _labelled(problem, examples):
             return None, None
         label_ids = {label: j for j, label in enumerate(problem.labels)}
         if isinstance(examples[0], feats.TaggedSentence):
-            words = [(row, tag) for row, tag in zip(feats.row_of_word(features).tolist(),
-                                                     (tag for example in examples for tag in example.tags))
+            pairs = [(number, tag) for number, example in enumerate(examples) for tag in example.tags
                      if tag != OUTSIDE_TAG]
         else:
-            words = [(row, label) for row, example in enumerate(examples) for label in example.label]
-        rows = torch.tensor([row for row, _ in words], dtype=torch.int64)
-        columns = torch.tensor([label_ids[label] for _, label in words], dtype=torch.int64)
-        multi_hot = torch.zeros(len(features), len(problem.labels), dtype=torch.float32)
+            pairs = [(number, label) for number, example in enumerate(examples) for label in example.label]
+        rows = torch.tensor([number for number, _ in pairs], dtype=torch.int64)
+        columns = torch.tensor([label_ids[label] for _, label in pairs], dtype=torch.int64)
+        multi_hot = torch.zeros(len(examples), len(problem.labels), dtype=torch.float32)  # (S, L)
         multi_hot[rows, columns] = 1.0
-        return multi_hot, None
+        return (multi_hot if features.sentence is None else multi_hot[features.sentence]), None
 
     def loss(self, logits, labels, denominator=None):
-        """logits (B, L), labels (B, L) multi-hot."""
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        """logits (E, L), labels (E, L) multi-hot: the mean over labels of the mean over examples, or of the sum
+        divided by `denominator` when given."""
+        if denominator is None:
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        summed = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
+        return summed / (denominator * logits.shape[-1])
 
     def decide(self, logits):
         return torch.sigmoid(logits.float()) > MULTI_LABEL_THRESHOLD
 
     def metrics(self, problem, split, predictions, features):
         try:
-            return metrics.multi_label_metrics(problem.metrics[split], predictions, features.labels)
+            return metrics.multi_label_metrics(problem.metrics[split], predictions, self.gold(features))
         except ValueError as error:
             raise ValueError(f"{problem.name} {split}: {error}") from None
 
@@ -364,7 +388,8 @@ class SequenceTaggingType(ProblemType):
         """(N,): the labels of the examples' real tokens, packed in the model's token order."""
         return features.token_labels[feats.packed_positions(features, indices)]
 
-    def labelled_tokens(self, features, indices):
+    def loss_units(self, features, indices):
+        """The labelled tokens of the rows at `indices`: a per-token loss's share."""
         return int((self.example_labels(features, indices) != IGNORE_INDEX).sum())
 
     def loss(self, logits, labels, denominator=None):

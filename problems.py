@@ -25,7 +25,7 @@ from tokenization import FullTokenizer
 
 # Bump when features of the non-GLUE problems change without their inputs changing (word rows, the cut, labels);
 # part of their cache key, beside features.FEATURE_FORMAT_VERSION.
-PROBLEM_FEATURE_FORMAT_VERSION = 1
+PROBLEM_FEATURE_FORMAT_VERSION = 2
 
 # The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS) and People's Daily's. Every
 # problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.

@@ -38,6 +38,7 @@ import readers
 import tokenization
 from checkpoints import build_model, check_model_inputs, configure_model, read_checkpoint
 from cli import check_output_dir, exit_on_interrupt, fail
+from features import example_rows
 from glue_processors import ALL_TASKS, TASKS
 from hardware import AUTOCAST_DTYPES, batch_padding, resolve_precision, select_device
 from methods import METHODS, Method
@@ -500,8 +501,11 @@ def main(args):
         problem_types.of(predictor).write(problem, job.split, predictions, data, output_dir / job.file_name,
                                           lambda: readers.read_examples(problem, job.split, data_dir))
         written.append(job)
-        unit = "sentence pieces" if problem_types.of(problem).per_token else "predictions"
-        print(f"{job.file_name}: {len(data)} {unit}")
+        examples = len(example_rows(data))  # a cut sentence is one example in several rows (pieces)
+        if problem_types.of(problem).per_token:
+            print(f"{job.file_name}: {examples} sentences in {len(data)} pieces")
+        else:
+            print(f"{job.file_name}: {examples} predictions")
 
     # ---------------------------------------------------------------- the zip or the dev metrics; what is missing
     submission = [output_dir / job.file_name for job in written if job.glue]
@@ -515,7 +519,8 @@ def main(args):
         head_scores = {t: s for t, s in scores.items() if t in loaded.heads}
         overall = evaluation.mean_score(head_scores, by_name) if head_scores else None
         save_json({"model_dir": str(Path(args.model_dir).absolute()),
-                   **evaluation.score_record(scores, overall, [loaded.problem(t) for t in loaded.heads])},
+                   **evaluation.score_record(scores, overall, [loaded.problem(t) for t in
+                                                               dict.fromkeys([*loaded.heads, *scores])])},
                   output_dir / DEV_RESULTS)
         label = evaluation.overall_label([loaded.problem(t) for t in loaded.heads])
         print(f"dev: {evaluation.format_scores(scores, overall, label)}" if head_scores else f"dev: {scores}")
