@@ -15,6 +15,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -146,6 +147,9 @@ _worker_tokenizer = None
 def _init_worker(tokenizer):
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
+    # Ctrl-C reaches the whole process group: the parent stops the pool, so a worker's own traceback would only add
+    # noise to the one line the script prints.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _encode_in_worker(job):
