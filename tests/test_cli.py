@@ -1,31 +1,11 @@
 """cli.py: output folders checked before any work (a file, under a file, read-only), Ctrl-C as one line and exit 130,
 and a write that a Ctrl-C lets finish."""
 import os
-import shutil
 import signal
-import subprocess
 
 import pytest
 
 import cli
-
-
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A folder no file can be created in, even by root: immutable (chattr +i) when running as root, whom permission
-    bits do not stop; mode 0o555 otherwise. Made writable again afterwards, so tmp_path can be removed."""
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    if os.geteuid() == 0:
-        chattr = shutil.which("chattr")
-        if chattr is None or subprocess.run([chattr, "+i", folder], capture_output=True).returncode != 0:
-            pytest.skip("as root, a read-only folder needs chattr +i (e2fsprogs, and CAP_LINUX_IMMUTABLE)")
-        yield folder
-        subprocess.run([chattr, "-i", folder], check=True)
-    else:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
 
 
 def one_line(error):

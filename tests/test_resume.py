@@ -3,7 +3,9 @@ files but no checkpoint, or another run's, is refused and left byte for byte as 
 holding only what the same command wrote before its first checkpoint, starts afresh; a changed method or problem
 record is named before any checkpoint is loaded."""
 import json
+import os
 import shutil
+import signal
 
 import pytest
 
@@ -133,3 +135,26 @@ def test_resume_after_a_problems_labels_changed_names_them(tiny_config, tmp_path
     message = one_line_error([*argv, "--resume"])
     assert "senti's labels (were ['neg', 'pos'], now ['neg', 'pos', 'mixed'])" in message
     assert files_and_bytes(out) == before
+
+
+def test_a_resumed_run_does_not_say_its_task_parameters_start_fresh(finished_run, tiny_config, tmp_path,
+                                                                    monkeypatch):
+    """Stopped after its first step (Ctrl-C, in-process), then --resume: every weight comes from the checkpoint, so
+    the resumed run logs where it resumed from, not the fresh-start count of its first start."""
+    out = tmp_path / "run"
+    argv = command(out, tiny_config, finished_run[1], "--init_checkpoint", finished_run[0] / "best_model.pth",
+                   "--num_train_epochs", 2)
+    real_step = multitask.training_step
+
+    def interrupted_step(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the loop's handler: save a checkpoint after this step
+        return real_step(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(multitask, "training_step", interrupted_step)
+        with pytest.raises(SystemExit) as stopped:
+            run(argv)
+    assert stopped.value.code == 130
+    run([*argv, "--resume"])
+    log = (out / "train.log").read_text()
+    assert log.count("task parameter tensor(s) start fresh") == 1 and "resumed from" in log

@@ -1,6 +1,7 @@
 """run_multi_task.py end to end: the seed command on real GLUE data and MiniLM weights, Ctrl-C and --resume,
 torchrun, and bad input. Runs call `multitask.main` in-process where they can (no interpreter start-up per run)."""
 import importlib.util
+import io
 import json
 import math
 import os
@@ -9,14 +10,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+import cli
 import multitask
+import optimization
 import run_files
 import run_multi_task
-from conftest import ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir
+from conftest import FIXTURES, ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir
 from helpers import (OUTPUT_FILES, SMALL_TASKS, interrupt_at_step, read_jsonl, read_scalars, seed_command,
                      write_problems)
 
@@ -275,6 +279,143 @@ def test_failed_overwrite_keeps_the_old_run_byte_for_byte(finished_run, tiny_con
     assert files_and_bytes(out) == before
 
 
+# ---------------------------------------------------------------------------------------------------- nothing lost
+
+FLOAT_FLAGS = ("--learning_rate", "--num_train_epochs", "--warmup_proportion", "--weight_decay")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    *((flag, value, f"argument {flag}: expected a finite number, got '{value}'") for flag in FLOAT_FLAGS
+      for value in ("nan", "inf", "-inf")),
+    ("--learning_rate", "-5e-5", "--learning_rate must be positive, got -5e-05"),
+])
+def test_a_refused_flag_value_leaves_the_old_run_byte_for_byte(finished_run, tiny_config, tmp_path, flag, value,
+                                                               message, capsys):
+    out = copy_run(finished_run[0], tmp_path / "run")
+    before = files_and_bytes(out)
+    with pytest.raises(SystemExit) as error:
+        run([*tiny_command(out, tiny_config, finished_run[1], "--steps_per_epoch", 2), "--overwrite_output_dir",
+             f"{flag}={value}"])
+    assert error.value.code == 2 and message in capsys.readouterr().err
+    assert files_and_bytes(out) == before
+
+
+def test_the_optimizers_refusal_comes_before_any_file_is_touched(finished_run, tiny_config, tmp_path, monkeypatch):
+    """What torch's optimizer or schedule refuses (here an lr torch rejects) stops the run before the old files go."""
+    out = copy_run(finished_run[0], tmp_path / "run")
+    before = files_and_bytes(out)
+    real = optimization.build_optimizer
+    monkeypatch.setattr(optimization, "build_optimizer",
+                        lambda model, name, lr, *args, **kwargs: real(model, name, -lr, *args, **kwargs))
+    message = one_line_error([*tiny_command(out, tiny_config, finished_run[1], "--steps_per_epoch", 2),
+                              "--overwrite_output_dir"])
+    assert "the optimizer refused its settings: Invalid learning rate" in message
+    assert files_and_bytes(out) == before
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+def test_an_output_dir_that_cannot_be_written_is_refused_before_any_work(tmp_path, tiny_config, read_only_folder,
+                                                                          where):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    out = {"a file": file, "under a file": file / "run", "read-only": read_only_folder / "run"}[where]
+    message = one_line_error(tiny_command(out, tiny_config, tmp_path / "cache"))
+    assert f"--output_dir {out}" in message
+    assert file.read_text() == "mine\n" and not list(read_only_folder.iterdir()) and not (tmp_path / "cache").exists()
+
+
+# Half a second into the script, torch is still being imported (it takes seconds).
+STARTUP_INTERRUPT_SECONDS = 0.5
+
+
+def test_ctrl_c_while_the_script_starts_is_one_line_and_130(tmp_path, tiny_config):
+    """SIGINT while torch is still being imported: no traceback, the shell's 130, nothing written."""
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, ROOT / "run_multi_task.py",
+                                *map(str, tiny_command(out, tiny_config, tmp_path / "cache"))],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a shell's background job ignores SIGINT, and a child would inherit that
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(STARTUP_INTERRUPT_SECONDS)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)") and not out.exists()
+
+
+def test_a_second_ctrl_c_during_the_checkpoint_write_finishes_it_then_exits_130(tmp_path, tiny_config, monkeypatch):
+    """Ctrl-C twice while last_checkpoint.pth is being written: the first asks for a stop, the second would interrupt
+    at once, but the write completes first; then the script exits 130 and the checkpoint loads."""
+    real_save = torch.save
+    sent = []
+
+    def save_interrupted_twice(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "optimizer" in obj and not sent:  # the first checkpoint write
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.append(signal.SIGINT)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(run_files.torch, "save", save_interrupted_twice)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as error:
+        with cli.exit_on_interrupt(cli.RESUME_HINT):
+            run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 2))
+    assert error.value.code == 130 and len(sent) == 2
+    state = torch.load(out / "last_checkpoint.pth", weights_only=False)
+    assert state["global_step"] == 2 and not list(out.glob(".*.tmp"))
+
+
+def test_a_nan_loss_names_the_last_checkpoint_only_when_one_was_written(tmp_path, tiny_config, monkeypatch):
+    real_step = multitask.training_step
+    steps = []
+
+    def nan_from(first_bad_step):
+        def step(*args, **kwargs):
+            losses = real_step(*args, **kwargs)
+            steps.append(1)
+            return losses * math.nan if len(steps) >= first_bad_step else losses
+        return step
+
+    monkeypatch.setattr(multitask, "training_step", nan_from(1))
+    message = one_line_error(tiny_command(tmp_path / "a", tiny_config, tmp_path / "cache", "--steps_per_epoch", 2))
+    assert "no checkpoint had been written yet" in message and "last_checkpoint.pth" not in message
+    steps.clear()
+    monkeypatch.setattr(multitask, "training_step", nan_from(3))  # the second epoch, after the first checkpoint
+    message = one_line_error(tiny_command(tmp_path / "b", tiny_config, tmp_path / "cache", "--steps_per_epoch", 2))
+    assert f"the last good checkpoint, {tmp_path / 'b' / 'last_checkpoint.pth'}, is kept" in message
+
+
+def test_an_and_group_of_different_inputs_says_which_has_how_many(tmp_path, tiny_config):
+    argv = tiny_command(tmp_path / "out", tiny_config, tmp_path / "cache", "--max_train_samples", 4)
+    argv[argv.index("--tasks") + 1] = "rte&mrpc"
+    message = one_line_error(argv)
+    assert "rte & mrpc must have the same inputs, but their training examples differ from example 0 on" in message
+    problems = write_problems(tmp_path, {"few": {"type": "cls", "format": "tsv", "train": "few/train.tsv",
+                                                 "text": ["sentence"], "label": "label"}},
+                              {"few/train.tsv": "sentence\tlabel\nshort\t1\nlonger text\t0\n"})
+    argv = tiny_command(tmp_path / "out", tiny_config, tmp_path / "cache", "--problems", problems)
+    argv[argv.index("--tasks") + 1] = "sst&few"
+    assert "sst has 256 training examples and few 2" in one_line_error(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_do_eval_with_problems_without_a_dev_set(tmp_path, tiny_config, capsys):
+    """None with a dev set: refused at the start; some: the others are evaluated, and the start says which not."""
+    senti = {"type": "cls", "format": "jsonl", "train": str(FIXTURES / "problems" / "senti" / "train.jsonl"),
+             "text": ["sentence"], "label": "label", "labels": ["neg", "pos"]}
+    problems = write_problems(tmp_path, {"senti": senti})
+    argv = [*tiny_command(tmp_path / "out", tiny_config, tmp_path / "cache", "--steps_per_epoch", 2, "--problems",
+                          problems), "--do_eval"]
+    argv[argv.index("--tasks") + 1] = "senti"
+    assert "--do_eval: no problem of --tasks has a dev set (senti" in one_line_error(argv)
+    assert not (tmp_path / "out").exists()
+    argv[argv.index("--tasks") + 1] = "senti,rte"
+    run(argv)
+    assert "senti has no dev set and is not evaluated; the dev score is the mean of rte" in capsys.readouterr().err
+    assert [list(r["scores"]) for r in read_jsonl(tmp_path / "out" / "eval_results.jsonl")] == [["rte"], ["rte"]]
+
+
 def test_failed_start_leaves_no_output_directory_then_the_corrected_command_runs(tmp_path, tiny_config):
     out = tmp_path / "fresh"
     bad_data = tmp_path / "glue"
@@ -463,12 +604,33 @@ def test_resume_refuses_a_changed_flag(tmp_path, tiny_config, flag, first, secon
 
 # ---------------------------------------------------------------------------------------------------- the console
 
-def test_each_epoch_bar_reaches_its_total_and_shows_the_losses(tmp_path, tiny_config, capsys):
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as tqdm asks before drawing a bar."""
+
+    def isatty(self):
+        return True
+
+
+def test_each_epoch_bar_reaches_its_total_and_shows_the_losses(tmp_path, tiny_config, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     run(tiny_command(tmp_path / "run", tiny_config, tmp_path / "cache", "--steps_per_epoch", 4, "--log_steps", 2))
-    err = capsys.readouterr().err
+    err = terminal.getvalue()
     for epoch in (1, 2):
         assert re.search(rf"epoch {epoch}/2: 100%\|[^|]*\| 4/4 \[", err), err[-2000:]
     assert re.search(r"4/4 \[[^\]]*, (cola|rte|sts) \d+\.\d{3}.* lr \d\.\d\de[-+]\d\d\]", err)
+
+
+def test_off_a_terminal_each_log_flush_is_a_plain_line(tmp_path, tiny_config, capsys):
+    """stderr a file or a pipe (capsys's is neither a terminal): no bar redrawn with carriage returns, a line per
+    --log_steps instead; train.log keeps only the log records, as on a terminal."""
+    run(tiny_command(tmp_path / "run", tiny_config, tmp_path / "cache", "--steps_per_epoch", 4, "--log_steps", 2))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = re.findall(r"^\d\d:\d\d:\d\d epoch (\d)/2 step (\d)/8: (?:(?:cola|rte|sts) \d+\.\d{3} )+lr \d\.\d\de[-+]\d\d$",
+                       err, flags=re.MULTILINE)
+    assert lines == [("1", "2"), ("1", "4"), ("2", "6"), ("2", "8")], err
+    assert " step 2/8: " not in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_report_to_tensorboard_writes_the_curves(tmp_path, tiny_config):
