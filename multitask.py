@@ -1,9 +1,10 @@
 """The multi-task training loop shared by run_multi_task.py (EmBERT), run_multi_task_gated.py (Gated-BERT) and
-run_multi_task_pals.py (PALs): the flags, the run plan, resume, and the loop.
+run_multi_task_pals.py (PALs): the flags, the run plan, and the loop (--resume's decisions are resume.py's).
 
 The scripts differ only in their `methods.Method`. `main` reads top to bottom: check every input into an immutable
-`Plan` (nothing is written before it passes), data, model, resume state, output directory, optimizer, then the loop
-(sample a group, `train_step.training_step`, log), evaluations and checkpoints.
+`Plan`, decide what --resume does, data, model, resume state, optimizer and schedule (everything that can refuse a run
+has run before anything is written), output directory, then the loop (sample a group, `train_step.training_step`,
+log), evaluations and checkpoints.
 
 Files written to --output_dir (rank 0 only, every write atomic; names in run_files.py):
   args.json            every resolved argument (paths absolute)
