@@ -7,6 +7,7 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
     python bench.py --sections train --profile 5      # torch.profiler's top ops of path (1) over 5 steps
     python bench.py --device cpu --sections group     # an & group of three People's Daily problems
     python bench.py --device cpu --sections mlm       # a masked-LM step against transformers' BertForMaskedLM
+    python bench.py --device cpu --sections onnx      # evaluation on onnxruntime against ours (bench_onnx.py)
 
 The paths, fed the identical batches:
   (1) ours         one step of multitask.main's loop as run_multi_task.py runs it with the device's default
@@ -100,6 +101,7 @@ import features
 import hardware
 import modeling
 import problems
+from bench_onnx import onnx_section, print_onnx_section
 from bench_problems import (GROUP_PROBLEMS, data_section, group_section, mlm_section, print_group_section,
                             print_mlm_section)
 from bench_training import (BATCH_SIZE, BENCH_TASKS, MAX_SEQ_LENGTH, SEED, SEED_RUN_STEPS, BenchRun, gated_section,
@@ -166,6 +168,8 @@ SECTIONS = {
     "mlm": Section(mlm_section, glue=False, printer=print_mlm_section,
                    title="mlm train: {args.mlm_problem} (masked LM), ours against transformers.BertForMaskedLM"),
     "data": Section(data_section, glue=False),
+    "onnx": Section(onnx_section, glue=False, printer=print_onnx_section,
+                    title="onnx eval: onnxruntime against ours, CPU, one thread, batch {args.eval_batch_size}"),
 }
 
 

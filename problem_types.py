@@ -107,6 +107,7 @@ class ProblemType:
     min_labels = 1  # fewest labels found in a training file
     scaled = False  # takes label_scale (targets are label / label_scale)
     takes_inputs_of = False  # may read another problem's inputs (X_mlm, "inputs_of")
+    not_exported = None  # why export_onnx.py leaves the type's problems out of the graphs (None: it exports them)
 
     # ---------------------------------------------------------------- the record
 
@@ -223,8 +224,22 @@ class ProblemType:
             raise ValueError(f"{problem.name}: a score needs at least one metric")
         return metrics.mean_of(values) if problem.score_rule == "mean" else next(iter(values.values()))
 
-    def prediction_strings(self, problem, predictions):
+    def prediction_values(self, problem, predictions):
+        """One Python value per example (row) of `decide`'s predictions: cls its label."""
         return [problem.labels[i] for i in torch.as_tensor(predictions).tolist()]
+
+    def prediction_strings(self, problem, predictions):
+        """The prediction file's field per example: the value as text."""
+        return self.prediction_values(problem, predictions)
+
+    def input_values(self, problem, predictions, features):
+        """One value per input the features were made from (inference.Predictor): an example's."""
+        return self.prediction_values(problem, predictions)
+
+    def export_logits(self, logits):
+        """The head's logits as the exported graph outputs them: (B, L) from the pooled output, (B, T, L) at every
+        input position from the tokens (a word's tag is read at its first piece)."""
+        return logits
 
     def write(self, problem, split, predictions, features, path, read_examples):
         """`index<TAB>prediction` per example: the file's index on test (GLUE's, or the row number), else the row.
@@ -287,13 +302,21 @@ class RegressionType(ProblemType):
     def decide(self, logits):
         return logits[:, 0]  # in label / label_scale units
 
-    def prediction_strings(self, problem, predictions):
-        """The value x label_scale, clipped to [0, label_scale]: GLUE's server files with fixed decimals."""
+    def prediction_values(self, problem, predictions):
+        """The value x label_scale, clipped to [0, label_scale]: in the label's units, as floats."""
         values = torch.as_tensor(predictions).float().cpu()
         if problem.label_scale is not None:
             values = (values * problem.label_scale).clamp(0.0, problem.label_scale)
+        return values.tolist()
+
+    def prediction_strings(self, problem, predictions):
+        """The values with REGRESSION_DIGITS significant digits; GLUE's server files with fixed decimals."""
         spec = f".{SUBMISSION_DECIMALS}f" if problem.submission_files else f".{REGRESSION_DIGITS}g"
-        return [f"{value:{spec}}" for value in values.tolist()]
+        return [f"{value:{spec}}" for value in self.prediction_values(problem, predictions)]
+
+    def export_logits(self, logits):
+        """(B,): the one output, before label_scale."""
+        return logits[:, 0]
 
 
 class MultiLabelType(ProblemType):
@@ -357,10 +380,24 @@ class MultiLabelType(ProblemType):
         except ValueError as error:
             raise ValueError(f"{problem.name} {split}: {error}") from None
 
+    def prediction_values(self, problem, predictions):
+        """The labels predicted for each row, in the problem's label order."""
+        return [[label for label, on in zip(problem.labels, row) if on]
+                for row in torch.as_tensor(predictions).bool().tolist()]
+
     def prediction_strings(self, problem, predictions):
         """The labels predicted, joined by ","."""
-        return [DEFAULT_LABEL_SEPARATOR.join(label for label, on in zip(problem.labels, row) if on)
-                for row in torch.as_tensor(predictions).bool().tolist()]
+        return [DEFAULT_LABEL_SEPARATOR.join(labels) for labels in self.prediction_values(problem, predictions)]
+
+    def input_values(self, problem, predictions, features):
+        """Labels per input; a sentence of words cut into several rows has the labels of any of its rows."""
+        rows = self.prediction_values(problem, predictions)
+        if features.sentence is None:
+            return rows
+        found = [set() for _ in range(int(features.sentence.max()) + 1)]
+        for sentence, labels in zip(features.sentence.tolist(), rows):
+            found[sentence].update(labels)
+        return [[label for label in problem.labels if label in labels] for labels in found]
 
 
 class SequenceTaggingType(ProblemType):
@@ -396,6 +433,10 @@ class SequenceTaggingType(ProblemType):
         """(N,) per packed token. [CLS], [SEP] and non-first word pieces are labelled IGNORE_INDEX: no loss there,
         and padding is never a class (bert-multitask-learning's bug)."""
         return token_loss(logits, labels, denominator)
+
+    def input_values(self, problem, predictions, features):
+        """One tag per word of each input sentence (the rows of a cut sentence joined)."""
+        return self.sentence_tags(problem, features, predictions)
 
     def sentence_tags(self, problem, features, token_values):
         """Per-token label ids in input_ids order (predictions, or token_labels) -> one list of tags per sentence of
@@ -440,6 +481,7 @@ class MaskedLMType(ProblemType):
     masks_inputs = True
     takes_inputs_of = True
     file_suffix = None
+    not_exported = "its head predicts the masked tokens of inputs masked for it, which a served graph is not given"
     formats = ("text", "tsv", "jsonl")
 
     def num_outputs(self, problem):
