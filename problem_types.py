@@ -381,23 +381,14 @@ class MultiLabelType(ProblemType):
             raise ValueError(f"{problem.name} {split}: {error}") from None
 
     def prediction_values(self, problem, predictions):
-        """The labels predicted for each row, in the problem's label order."""
+        """The labels predicted for each example (a sentence of words: from its first row), in the problem's label
+        order."""
         return [[label for label, on in zip(problem.labels, row) if on]
                 for row in torch.as_tensor(predictions).bool().tolist()]
 
     def prediction_strings(self, problem, predictions):
         """The labels predicted, joined by ","."""
         return [DEFAULT_LABEL_SEPARATOR.join(labels) for labels in self.prediction_values(problem, predictions)]
-
-    def input_values(self, problem, predictions, features):
-        """Labels per input; a sentence of words cut into several rows has the labels of any of its rows."""
-        rows = self.prediction_values(problem, predictions)
-        if features.sentence is None:
-            return rows
-        found = [set() for _ in range(int(features.sentence.max()) + 1)]
-        for sentence, labels in zip(features.sentence.tolist(), rows):
-            found[sentence].update(labels)
-        return [[label for label in problem.labels if label in labels] for labels in found]
 
 
 class SequenceTaggingType(ProblemType):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import multitask
+import cli
 from conftest import require
 
 # ---------------------------------------------------------------------------------------------------- tiny models
@@ -163,7 +163,7 @@ def interrupt_at_step(process, log, global_step, timeout=120, signum=signal.SIGI
             break
         time.sleep(0.005)
     output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == multitask.SIGNAL_EXIT_BASE + signum, output
+    assert process.returncode == cli.SIGNAL_EXIT_BASE + signum, output
     return output
 
 
