@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 import problem_types
+from modeling_seq2seq import DecoderSettings
 from problem_types import DEFAULT_LABEL_SEPARATOR
 
 # How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
@@ -79,8 +80,17 @@ class PkuDocumentsSplit:
     part: str  # "train" or "dev"
 
 
+@dataclass(frozen=True)
+class CmudictSplit:
+    """The CMU Pronouncing Dictionary (cmudict.py): the train, dev or test words of cmudict.dict, split by word."""
+    format: ClassVar[str] = "cmudict"
+    file: str
+    part: str  # "train", "dev" or "test"
+
+
 SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
-                                             PkuDocumentsSplit)}
+                                             PkuDocumentsSplit, CmudictSplit)}
+
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,7 @@ class Problem:
     score_rule: str = "first"  # one of SCORE_RULES
     loss_weight: float = 1.0  # this problem's loss is multiplied by it in every step that trains it
     inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
+    decoder: DecoderSettings | None = None  # seq2seq types: the decoder and its generation
 
     def __post_init__(self):
         try:
@@ -166,6 +177,8 @@ class Problem:
                 value = list(value)
             elif item.name == "metrics":
                 value = {split: list(names) for split, names in value.items()}
+            elif item.name == "decoder" and value is not None:
+                value = asdict(value)
             record[item.name] = value
         return record
 
@@ -181,7 +194,8 @@ def problem_from_record(record):
                                            for key, value in item.items()})
         return Problem(**{**record, "splits": splits,
                           "labels": None if record["labels"] is None else tuple(record["labels"]),
-                          "metrics": {split: tuple(names) for split, names in record["metrics"].items()}})
+                          "metrics": {split: tuple(names) for split, names in record["metrics"].items()},
+                          "decoder": None if record.get("decoder") is None else DecoderSettings(**record["decoder"])})
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"not a problem record ({type(error).__name__}: {error}); expected Problem.to_record()'s "
                          "dict") from None
