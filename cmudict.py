@@ -72,5 +72,5 @@ CMUDICT_PROBLEMS = {
     "cmudict_g2p": Problem("cmudict_g2p", CMUDICT_DIRECTORY,
                            {part: CmudictSplit(CMUDICT_FILE, part) for part in ("train", "dev", "test")},
                            CMUDICT_SYMBOLS, {"dev": ("seq_acc", "token_error_rate")}, type="seq2seq_tag",
-                           decoder=DecoderSettings()),
+                           decoder=DecoderSettings(decoder_init="encoder")),
 }

@@ -686,8 +686,8 @@ class Seq2SeqTextType(Seq2SeqType):
             raise ValueError(f"{where}: the target (label) is empty")
         return value
 
-    def label_values(self, example):
-        return ()  # any text
+    def check_labels(self, problem, path, examples, lines_of):
+        """Any text (parse_label refused empty ones)."""
 
 
 class Seq2SeqTagType(Seq2SeqType):

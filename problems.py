@@ -21,15 +21,15 @@ from features import Features
 from cmudict import CMUDICT_PROBLEMS
 from glue_processors import TASK_ALIASES, TASKS
 from pku import PKU_PROBLEMS
-from problem_record import Problem, SplitFormat
+from problem_record import Problem, SplitFormat, problem_from_record  # noqa: F401 (run_test_multi_task reads it here)
 from tokenization import FullTokenizer
 
 # Bump when features of the non-GLUE problems change without their inputs changing (word rows, the cut, labels);
 # part of their cache key, beside features.FEATURE_FORMAT_VERSION.
 PROBLEM_FEATURE_FORMAT_VERSION = 1
 
-# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS), People's Daily's and CMUdict's. Every
-# problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
+# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS), People's Daily's and CMUdict's.
+# Every problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
 PROBLEMS = {**TASKS, **PKU_PROBLEMS, **CMUDICT_PROBLEMS}
 MLM_SUFFIX = "_mlm"
 

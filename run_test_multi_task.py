@@ -435,8 +435,8 @@ def main(args):
             index = loaded.heads.index(head)
             predictor = loaded.problem(head)
             if args.num_beams is not None and predictor.decoder is not None:  # a seq2seq problem's beam width
-                predictor = dataclasses.replace(predictor,
-                                                decoder=dataclasses.replace(predictor.decoder, num_beams=args.num_beams))
+                beams = dataclasses.replace(predictor.decoder, num_beams=args.num_beams)
+                predictor = dataclasses.replace(predictor, decoder=beams)
             predictions = evaluation.predict_split(model, predictor, data, loaded.row_of[index], index, batch_size,
                                                    device, AUTOCAST_DTYPES.get(precision), pad_to,
                                                    desc=f"{problem.name} {job.split}", vocab_file=loaded.vocab_file)
