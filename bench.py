@@ -86,43 +86,30 @@ computes on padding does more arithmetic for the same model FLOPs. MFU = model F
 (`PEAK_BF16_TFLOPS`, or --peak_tflops), for every path alike (fp32 paths included), so MFU ratios are speed ratios.
 """
 import argparse
-import copy
 import dataclasses
 import json
 import platform
-import random
-import statistics
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.profiler import record_function
 
 import glue_processors
 import modeling
-import modeling_gated
-import modeling_pals
 import multitask
-import optimization
 import problems
-import tokenization
-from glue_processors import TASKS, load_examples, load_features, task_file
-from original_reference import OriginalBertAdam, use_original_attention
+from bench_problems import (GROUP_PROBLEMS, data_section, group_section, mlm_section, print_group_section,
+                            print_mlm_section)
+from bench_training import (BATCH_SIZE, BENCH_TASKS, MAX_SEQ_LENGTH, SEED, SEED_RUN_STEPS, BenchRun, gated_section,
+                            load_glue_batches, pals_section, print_section, training_sections)
+
+# The sections' code: bench_training.py (the GLUE batches, the FLOP model, paths (1) to (3), timing, and the train,
+# fwdbwd, eval, gated and pals sections) and bench_problems.py (the group, mlm and data sections).
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "glue"
-# The five GLUE tasks whose training sets are in ../shared/glue (QQP, MNLI and QNLI train are too large to be there).
-BENCH_TASKS = ("cola", "mrpc", "rte", "sts", "sst")
-# The seed command (../shared/seeds/embert_gated_bert_README.txt): batch 32, length 128, lr 2e-5, 25 epochs of
-# 300 steps per task; with its eight tasks, 60,000 optimizer steps.
-BATCH_SIZE, MAX_SEQ_LENGTH, LEARNING_RATE, WARMUP_PROPORTION = 32, 128, 2e-5, 0.1
-SEED_RUN_EPOCHS, SEED_RUN_STEPS, SEED = 25, 60_000, 1
-# SPEC 9: the original Gated code ran about 0.6 s per step on a V100 in fp32 (about 10 hours for a run).
-ORIGINAL_V100_SECONDS_PER_STEP = 0.6
 # Model sizes: BERT-base and MiniLM (all-MiniLM-L6-v2) from the repository's configs; "tiny" is BERT-Tiny's sizes
 # (2 layers, hidden 128, 2 heads, intermediate 512: Turc et al. 2019, "Well-Read Students Learn Better").
 CONFIG_FILES = {"base": ROOT / "configs" / "embert_config.json",
@@ -131,7 +118,7 @@ TINY_SIZES = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, i
 MODEL_SIZES = ("base", "minilm", "tiny")
 # Dense (no sparsity) tensor-core bf16 peak per GPU in TFLOP/s, from NVIDIA's datasheets (they print the sparse
 # figure, twice these). Matched in order, case-insensitively, against torch.cuda.get_device_name(): specific names
-# first. SPEC 9's "about 790 TFLOP/s" for an H100 is a planning figure, below the H100 SXM datasheet's 989.
+# first. Figures of about 790 TFLOP/s quoted for an H100 are planning estimates, below the SXM datasheet's 989.
 PEAK_BF16_TFLOPS = (
     ("H100 PCIe", 756.0, "NVIDIA H100 datasheet, PCIe: 1,513 bf16 with sparsity"),
     ("H100 NVL", 835.0, "NVIDIA H100 datasheet, NVL: 1,671 bf16 with sparsity"),
@@ -145,128 +132,50 @@ PEAK_BF16_TFLOPS = (
 )
 # Defaults per device type: (warm-up steps, timed steps per round, rounds, eval examples per task (0 = whole dev)).
 RUN_DEFAULTS = {"cpu": (3, 10, 3, 128), "cuda": (20, 100, 5, 0)}
-SECTIONS = ("train", "fwdbwd", "eval", "gated", "pals", "group", "mlm", "data")
-# The group section's & group: People's Daily problems with the same inputs (problems.PKU_PROBLEMS), its first
-# member also the single-problem path's problem; the data directory holding pku199801/ (run_multi_task's --data_dir).
-GROUP_PROBLEMS = ("pku_cws", "pku_ner", "pku_entity_types")
+# The group section's data directory, holding pku199801/ (run_multi_task's --data_dir).
 DEFAULT_PROBLEMS_DATA_DIR = ROOT.parent / "shared"
 # The mlm section's problems: masked LM on one of the benchmark's GLUE tasks (problems.mlm_problem); by default the
-# README's auxiliary problem. Its loss check: float32 sums in another order (packed against padded, M rows against
-# B x T) differ by 3e-6 at most on the fixture's and ../shared's batches (a loss near ln(vocab_size) = 10.3); the
-# task row's embeddings left out of transformers' Q/K/V biases move a fresh MiniLM-sized model's loss by about 1e-3.
+# README's auxiliary problem.
 MLM_PROBLEMS = tuple(task + problems.MLM_SUFFIX for task in BENCH_TASKS)
-DEFAULT_MLM_PROBLEM, MLM_LOSS_TOLERANCE = "rte_mlm", 1e-4
-# Rounds of the prediction head timed alone (its share of a step is an estimate beside the median step: one round).
-HEAD_ROUNDS = 1
-# BertForMaskedLM's output layer is tied to its word embeddings and output bias: these keys load with those.
-TRANSFORMERS_TIED_KEYS = frozenset({"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"})
-# Calls per measurement of the per-step batch pipeline (sampler draw, make_batch, copy to the device).
-PIPELINE_CALLS = 200
-# The data section: official size of MNLI train and its file size in bytes (../shared/glue/README.md, from the Git LFS
-# pointer), for the synthetic stand-in; its row has 12 columns (pairs in 8 and 9, the label last).
-MNLI_TRAIN_EXAMPLES, MNLI_TRAIN_BYTES, MNLI_TRAIN_COLUMNS = 392_702, 409_801_190, 12
-# Batches drawn (not run) to check that the timed batches' padding is typical of the whole seed run.
-REFERENCE_DRAWS = 2000
-# Rows of torch.profiler's table shown and saved.
-PROFILE_ROWS = 20
-# Model FLOPs per parameter and token (or sequence) of a training step: a multiply-add forward (2), twice that again
-# backward (4); forward only: 2.
-TRAIN_FLOPS_PER_PARAMETER, FORWARD_FLOPS_PER_PARAMETER = 6, 2
-# torch.optim.Optimizer labels its step and zero_grad for the profiler as "Optimizer.step#<class>.step".
-OPTIMIZER_EVENT_PREFIX = "Optimizer."
-MICROSECONDS = 1e6
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Batches, FLOPs
-
-@dataclass(frozen=True)
-class Draw:
-    """One training step's batch: the task, the epoch of the seed run it comes from, the example indices (B,)."""
-    task: int
-    epoch: int
-    indices: torch.Tensor
-
-
-def draw_batches(sizes, count, seed, anneal_alpha, batch_size=BATCH_SIZE):
-    """`count` batches at steps spread evenly over the seed's 25-epoch run, each task drawn by the anneal sampler
-    (p_t ~ N_t^alpha, alpha 1 -> 0.2 for EmBERT), then that task's next `batch_size` examples."""
-    steps_per_epoch = multitask.STEPS_PER_TASK_PER_EPOCH * len(sizes)
-    total_steps = SEED_RUN_EPOCHS * steps_per_epoch
-    sampler = multitask.TaskSampler(sizes, "anneal", steps_per_epoch, SEED_RUN_EPOCHS, seed, anneal_alpha)
-    schedules, draws = {}, []
-    for k in range(count):
-        epoch, step = divmod(k * total_steps // count, steps_per_epoch)
-        if epoch not in schedules:
-            schedules[epoch] = sampler.tasks_for_epoch(epoch)
-        task = int(schedules[epoch][step])
-        draws.append(Draw(task, epoch, sampler.next_indices(task, batch_size)))
-    return draws
-
-
-def padding_statistics(train_sets, draws):
-    """Mean real tokens per batch, and mean tokens per batch padded to the longest (rounded up to PAD_MULTIPLE)."""
-    real = padded = 0
-    for draw in draws:
-        lengths = train_sets[draw.task].lengths[draw.indices]
-        real += int(lengths.sum())
-        padded += len(lengths) * padded_width(lengths, None)
-    return {"real_tokens_per_batch": real / len(draws), "padded_to_longest_tokens_per_batch": padded / len(draws)}
-
-
-def padded_width(lengths, pad_to):
-    """The batch width make_batch gives: pad_to, or the longest example rounded up to PAD_MULTIPLE."""
-    if pad_to is not None:
-        return pad_to
-    return -(-int(lengths.max()) // multitask.PAD_MULTIPLE) * multitask.PAD_MULTIPLE
+DEFAULT_MLM_PROBLEM = "rte_mlm"
 
 
 @dataclass(frozen=True)
-class FlopModel:
-    """Parameters multiplied once per token and once per sequence (per task), and the attention's sizes."""
-    per_token: int
-    per_sequence: list  # per task
-    layers: int
-    hidden: int  # attention width per layer: hidden_size, plus hidden_size_aug for the PAL's attention
-
-    @classmethod
-    def of(cls, model):
-        encoder = model.bert.encoder
-        per_token = sum(p.numel() for n, p in encoder.named_parameters() if "task_emb" not in n
-                        and ".weight_layer_" not in n and ".value_list." not in n and ".multi_layers." not in n)
-        heads = [sum(p.numel() for p in head.parameters()) for head in model.classifier]
-        per_sequence = sum(p.numel() for p in model.bert.pooler.parameters())
-        gated = encoder.layer[-1].attention.self
-        if isinstance(gated, modeling_gated.GatedSelfAttention):
-            per_token += sum(p.numel() for p in gated.value_list[0].parameters())  # the own task's value adapter
-            per_sequence += sum(p.numel() for gate in (gated.weight_layer_q, gated.weight_layer_k)
-                                for p in gate.parameters())
-        attention_width = model.config.hidden_size
-        if isinstance(encoder, modeling_pals.BertEncoder):  # one task's PAL per layer, its V_E/V_D in each of them
-            per_token += sum(p.numel() for layer in encoder.layer for p in layer.multi_layers[0].parameters())
-            attention_width += model.config.hidden_size_aug
-        return cls(per_token, [per_sequence + head for head in heads], model.config.num_hidden_layers,
-                   attention_width)
-
-    def batch_flops(self, task, lengths, training):
-        """Useful FLOPs of one batch with real lengths `lengths` (B,): module docstring."""
-        per_parameter = TRAIN_FLOPS_PER_PARAMETER if training else FORWARD_FLOPS_PER_PARAMETER
-        squares = float((lengths.double() ** 2).sum())
-        return (per_parameter * (self.per_token * int(lengths.sum()) + self.per_sequence[task] * len(lengths))
-                + 2 * per_parameter * self.layers * self.hidden * squares)
+class Section:
+    """A --sections name: the measurement that runs it, whether that reads the five GLUE tasks' batches, and how its
+    report entry is printed."""
+    measure: Callable  # BenchRun -> {report key: result}; {} when skipped with a printed note
+    glue: bool
+    printer: Callable | None = None  # (title, result, device); None: the measurement prints its own table
+    title: str = ""  # the printed heading: a str.format template of the flags, as "{args.eval_batch_size}"
 
 
-def problem_step_flops(model, heads, lengths):
-    """Model FLOPs of one training step of the problems `heads` (head indices) reading one encoder pass over a batch
-    of real lengths `lengths` (B,): the encoder and the pooler (which always runs) as FlopModel counts them, plus
-    each head on what it reads, every real token for a "tokens" head (seq_tag), the pooled output otherwise."""
-    pooler = sum(p.numel() for p in model.bert.pooler.parameters())
-    flops = dataclasses.replace(FlopModel.of(model), per_sequence=[pooler]).batch_flops(0, lengths, training=True)
-    for head in heads:
-        per_token = modeling.HEAD_INPUTS[model.problem_types[head]] == "tokens"
-        reads = int(lengths.sum()) if per_token else len(lengths)
-        flops += TRAIN_FLOPS_PER_PARAMETER * sum(p.numel() for p in model.classifier[head].parameters()) * reads
-    return flops
+# Every section, in the order they run. train, fwdbwd and eval share one measurement: the same paths, measured in
+# turn, each asked-for name a report entry of its own.
+SECTIONS = {
+    "train": Section(training_sections, glue=True, printer=print_section, title="train: one optimizer step"),
+    "fwdbwd": Section(training_sections, glue=True, printer=print_section, title="forward+backward (no optimizer)"),
+    "eval": Section(training_sections, glue=True, printer=print_section,
+                    title="eval: forward only, batch {args.eval_batch_size}"),
+    "gated": Section(gated_section, glue=True, printer=print_section, title="Gated-BERT train: one step"),
+    "pals": Section(pals_section, glue=True, printer=print_section,
+                    title="PALs train: one step, beside EmBERT's (ours)"),
+    "group": Section(group_section, glue=False, printer=print_group_section,
+                     title=f"group train: {'&'.join(GROUP_PROBLEMS)} against {GROUP_PROBLEMS[0]} alone and the three "
+                           "one by one"),
+    "mlm": Section(mlm_section, glue=False, printer=print_mlm_section,
+                   title="mlm train: {args.mlm_problem} (masked LM), ours against transformers.BertForMaskedLM"),
+    "data": Section(data_section, glue=False),
+}
+
+
+def measurements(args):
+    """The measure functions to run, each once, in the table's order: the asked-for sections', and with --profile
+    beside a GLUE section, train's (it builds path (1) and profiles it, timing only the sections asked for)."""
+    names = set(args.sections)
+    if args.profile and any(SECTIONS[name].glue for name in names):
+        names.add("train")
+    return list(dict.fromkeys(section.measure for name, section in SECTIONS.items() if name in names))
 
 
 def lookup_peak(device_name):
@@ -285,1002 +194,6 @@ def peak_tflops(device, override):
         return None, "no peak table for CPUs: MFU is reported on CUDA only"
     name = torch.cuda.get_device_name(device)
     return lookup_peak(name) or (None, f"{name} is not in bench.PEAK_BF16_TFLOPS: give --peak_tflops for MFU")
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The paths
-
-@dataclass
-class Runner:
-    """One path: a training step, a forward+backward pass and a forward-only pass over an evaluation set."""
-    name: str
-    model: torch.nn.Module
-    pad_to: int | None  # training batch width: None = the longest example, rounded up to PAD_MULTIPLE
-    train_step: Callable  # Draw -> None
-    forward_backward: Callable  # Draw -> None, gradients left in .grad
-    predict: Callable | None = None  # (task, Features) -> logits on the CPU
-    eval_pad_to: int | None = None  # evaluation batch width, as pad_to
-
-
-@dataclass
-class Setting:
-    """What every path of a run shares."""
-    device: torch.device
-    autocast_dtype: torch.dtype | None  # ours and transformers; the original is fp32
-    train_sets: list  # Features per task
-    eval_batch_size: int
-    max_seq_length: int = MAX_SEQ_LENGTH
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
-
-
-def ours_runner(model, setting, name="ours", pad_to=None, frozen_parameters=None):
-    """Path (1): one step of multitask.main's loop (one process, gradient accumulation 1): the batch built and copied
-    as it builds it, then multitask.training_step itself, its loss added to a multitask.LossTally as the loop adds
-    it. The record_function labels cost nothing without an active profiler and name the phases in --profile."""
-    device = setting.device
-    model.to(device).train()
-    optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
-    scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
-    # As multitask.main: loss scaling only for fp16 (disabled, scale/unscale_/update do nothing, for bf16 and fp32).
-    scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)
-    tally = multitask.LossTally.zeros(len(setting.train_sets), device)
-
-    def batch_on_device(draw):
-        with record_function("make_batch"):
-            return multitask.to_device(glue_processors.make_batch(
-                setting.train_sets[draw.task], draw.indices, pad_to=pad_to, pad_multiple=multitask.PAD_MULTIPLE),
-                device)
-
-    def forward_backward(draw):
-        """The forward and backward pass of training_step, without its optimizer step (the fwdbwd section)."""
-        batch = batch_on_device(draw)
-        with record_function("forward"), setting.autocast():
-            _, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], draw.task,
-                            multitask.batch_labels(batch), token_index=batch["token_index"])
-        with record_function("backward"):
-            scaler.scale(loss).backward()
-
-    def train_step(draw):
-        batches = [batch_on_device(draw)]
-        frozen = frozen_parameters(model, draw.task, draw.epoch) if frozen_parameters else ()
-        with record_function("training_step"):
-            tally.add([draw.task], multitask.training_step(model, model, batches, draw.task, optimizer, scheduler,
-                                                         scaler, setting.autocast_dtype, frozen))
-
-    def predict(task, features):
-        return multitask.predict(model, features, task, setting.eval_batch_size, device, setting.autocast_dtype,
-                                 pad_to=pad_to)
-
-    return Runner(name, model, pad_to, train_step, forward_backward, predict, eval_pad_to=pad_to)
-
-
-def original_runner(model, setting, frozen_parameters=None):
-    """Path (2): the original's computation (module docstring); plain synchronous copies to the device, as its
-    `t.to(device)`; evaluation in file order, padded to max_seq_length, logits to the host per batch, as it did."""
-    device, pad_to = setting.device, setting.max_seq_length
-    use_original_attention(model).to(device).train()
-    optimizer = OriginalBertAdam(optimization.param_groups(model), lr=LEARNING_RATE)
-    scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
-
-    def batch_on_device(features, indices):
-        batch = glue_processors.make_batch(features, indices, pad_to=pad_to)
-        return {k: v.to(device) for k, v in batch.items()}
-
-    def forward_backward(draw):
-        batch = batch_on_device(setting.train_sets[draw.task], draw.indices)
-        _, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], draw.task,
-                        batch["labels"])
-        loss.backward()
-
-    def train_step(draw):
-        forward_backward(draw)
-        if frozen_parameters is not None:
-            for p in frozen_parameters(model, draw.task, draw.epoch):
-                p.grad = None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=False)  # PyTorch 0.4's model.zero_grad() zeroed gradients in place
-
-    @torch.no_grad()
-    def predict(task, features):
-        model.eval()
-        logits = []
-        for start in range(0, len(features), setting.eval_batch_size):
-            batch = batch_on_device(features, torch.arange(start, min(start + setting.eval_batch_size,
-                                                                      len(features))))
-            logits.append(model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task)[0].cpu())
-        model.train()
-        return torch.cat(logits)
-
-    return Runner("original", model, pad_to, train_step, forward_backward, predict, eval_pad_to=pad_to)
-
-
-def transformers_config(transformers, config, **extra):
-    """transformers.BertConfig with the sizes and settings of our `config` (plus `extra`)."""
-    return transformers.BertConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act, hidden_dropout_prob=config.hidden_dropout_prob,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
-        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
-        layer_norm_eps=config.layer_norm_eps, **extra)
-
-
-def transformers_optimizer(model, device):
-    """torch.optim.AdamW as a Hugging Face user sets it up (foreach on CPU, fused on CUDA), with our schedule."""
-    # Hugging Face's run_glue rule: no decay for biases and LayerNorm weights.
-    decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optimization.WEIGHT_DECAY},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=LEARNING_RATE,
-                                  fused=fused or None, foreach=None if fused else True)
-    return optimizer, optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
-
-
-def transformers_update(model, optimizer, scheduler):
-    """Path (3)'s update after the backward pass: clip the global norm, step, schedule, drop the gradients."""
-    torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.MAX_GRAD_NORM)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def transformers_runner(config, setting):
-    """Path (3), or None with a printed note when transformers is not installed."""
-    try:
-        import transformers
-    except ImportError:
-        print("note: transformers is not installed: path (3) skipped (pip install transformers to include it)")
-        return None
-    device = setting.device
-    hf_config = transformers_config(transformers, config, num_labels=2)
-    model = transformers.BertForSequenceClassification(hf_config).to(device).train()
-    optimizer, scheduler = transformers_optimizer(model, device)
-
-    def forward_backward(draw):
-        batch = multitask.to_device(glue_processors.make_batch(
-            setting.train_sets[draw.task], draw.indices, pad_multiple=multitask.PAD_MULTIPLE), device)
-        # A 2-way stand-in for STS-B's regression target: the head's size, not the label, matters for speed.
-        labels = batch["labels"] if not batch["labels"].is_floating_point() else (batch["labels"] > 0.5).long()
-        with setting.autocast():
-            loss = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                         attention_mask=batch["attention_mask"], labels=labels).loss
-        loss.backward()
-
-    def train_step(draw):
-        forward_backward(draw)
-        transformers_update(model, optimizer, scheduler)
-
-    @torch.no_grad()
-    def predict(task, features):
-        """As multitask.predict: batches sorted by length, padded to the longest, logits gathered on the device."""
-        model.eval()
-        order = torch.argsort(features.lengths, descending=True, stable=True)
-        logits_out = torch.empty(len(features), hf_config.num_labels, device=device)
-        order_on_device = order.to(device)
-        for start in range(0, len(features), setting.eval_batch_size):
-            batch = multitask.to_device(glue_processors.make_batch(
-                features, order[start:start + setting.eval_batch_size], pad_multiple=multitask.PAD_MULTIPLE), device)
-            with setting.autocast():
-                logits = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                               attention_mask=batch["attention_mask"]).logits
-            logits_out[order_on_device[start:start + setting.eval_batch_size]] = logits.float()
-        model.train()
-        return logits_out.cpu()
-
-    return Runner("transformers", model, None, train_step, forward_backward, predict)
-
-
-@dataclass
-class ProblemPath:
-    """A path of the group section: the training steps one batch gets, as multitask.main's loop runs them."""
-    name: str
-    model: torch.nn.Module
-    plan: list  # per step: (task row, heads of an & group or None for one problem's step, whose head is the row)
-    train_step: Callable  # Draw -> None: every step of the plan on the draw's examples
-
-
-def step_members(task_id, heads):
-    """The heads a step of a plan trains: an & group's, or the one problem's, whose head is its task row."""
-    return [task_id] if heads is None else list(heads)
-
-
-def problem_path(name, model, setting, plan, loss_weights):
-    """Each step of `plan` on a draw's examples, as one step of multitask.main's loop (one process, gradient
-    accumulation 1): make_batch from the first member's features, an & group's labels from each member's (their
-    inputs are the same), the copy to the device, then multitask.training_step itself, its loss added to a
-    multitask.LossTally. `loss_weights`: each head's problem's loss_weight."""
-    device = setting.device
-    model.to(device).train()
-    optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
-    scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
-    scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)  # as ours_runner
-    tally = multitask.LossTally.zeros(len(setting.train_sets), device)
-    weights = [torch.tensor([loss_weights[h] for h in step_members(task_id, heads)], device=device)
-               for task_id, heads in plan]  # on the device once, as multitask.main does
-
-    def batch(head, indices):
-        return glue_processors.make_batch(setting.train_sets[head], indices, pad_multiple=multitask.PAD_MULTIPLE)
-
-    def train_step(draw):
-        for (task_id, heads), step_weights in zip(plan, weights):
-            members = step_members(task_id, heads)
-            inputs = batch(members[0], draw.indices)
-            if heads is not None:
-                inputs["group_labels"] = [multitask.example_labels(setting.train_sets[h], draw.indices)
-                                          for h in heads]
-            tally.add(members, multitask.training_step(
-                model, model, [multitask.to_device(inputs, device)], task_id, optimizer, scheduler, scaler,
-                setting.autocast_dtype, heads=heads, loss_weights=step_weights))
-
-    return ProblemPath(name, model, plan, train_step)
-
-
-@dataclass
-class MlmPath:
-    """A path of the mlm section: its training step on an item (step, Draw), and its prediction head alone (the
-    vocabulary logits' share of a step): the head's inputs for a batch, and its loss on them."""
-    name: str
-    model: torch.nn.Module
-    train_step: Callable  # (step, Draw) -> None
-    head_inputs: Callable  # (masked batch, loss denominator) -> (hidden states, labels, denominator), hidden first
-    head_loss: Callable  # (hidden, labels, denominator) -> the loss, as the model's forward computes it
-
-
-def ours_mlm_path(model, setting, masked_batch, loss_weight):
-    """The mlm section's path (1): one step of multitask.main's loop for a mask_lm problem (one process, gradient
-    accumulation 1): `masked_batch(item)` (training_batch and the loss denominator), then multitask.training_step
-    itself, its loss added to a multitask.LossTally."""
-    device = setting.device
-    model.to(device).train()
-    optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
-    scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
-    scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)  # as ours_runner
-    tally = multitask.LossTally.zeros(1, device)
-    weights = torch.tensor([loss_weight], device=device)  # on the device once, as multitask.main's group_weights
-
-    def train_step(item):
-        batch, denominator = masked_batch(item)
-        tally.add([0], multitask.training_step(model, model, [batch], 0, optimizer, scheduler, scaler,
-                                               setting.autocast_dtype, loss_weights=weights,
-                                               denominators=denominator))
-
-    def head_inputs(batch, denominator):  # the states of the M masked tokens (M, H)
-        hidden = torch.randn(len(batch["masked_index"]), model.config.hidden_size, device=device, requires_grad=True)
-        return hidden, batch["masked_labels"], denominator
-
-    def head_loss(hidden, labels, denominator):  # (M, H) -> logits (M, V) -> the loss, as BertForMultiTask's forward
-        logits = model.cls.predictions(hidden, model.bert.embeddings.word_embeddings.weight)
-        return modeling.LOSSES["mask_lm"](logits, labels, denominator)
-
-    return MlmPath("ours", model, train_step, head_inputs, head_loss)
-
-
-def transformers_mlm_state(model, task_id):
-    """Our masked-LM model's weights under transformers.BertForMaskedLM's names, which are ours (both follow the
-    checkpoints). With our_attn, task row `task_id`'s embeddings are added to the Q/K/V biases: EmBERT adds them to
-    every token's projections, a bias (BertSelfAttention.project). Left out: the task embeddings, the pooler (a masked
-    LM reads no pooled output) and any other problem's classifier."""
-    state = {name: value.detach().clone() for name, value in model.state_dict().items()
-             if name.startswith(("bert.", "cls.")) and not name.startswith("bert.pooler.") and "_task_emb." not in name}
-    if model.config.our_attn:
-        for i, layer in enumerate(model.bert.encoder.layer):
-            for part in ("query", "key", "value"):
-                state[f"bert.encoder.layer.{i}.attention.self.{part}.bias"] += \
-                    getattr(layer.attention.self, f"{part}_task_emb").weight[task_id].detach()
-    return state
-
-
-def transformers_masked_lm(transformers, model, task_id):
-    """transformers.BertForMaskedLM with our model's sizes and weights (transformers_mlm_state), on the CPU; a
-    ValueError naming the keys when they do not fit."""
-    hf = transformers.BertForMaskedLM(transformers_config(transformers, model.config))
-    missing, unexpected = hf.load_state_dict(transformers_mlm_state(model, task_id), strict=False)
-    missing = sorted(set(missing) - TRANSFORMERS_TIED_KEYS)
-    if missing or unexpected:
-        raise ValueError(f"bench.py: our weights do not fit transformers.BertForMaskedLM: missing {missing}, "
-                         f"unexpected {unexpected}")
-    return hf
-
-
-def transformers_mlm_inputs(batch):
-    """BertForMaskedLM's inputs for one of our masked batches: the same masked ids, segments and mask, padded as they
-    are (B, T), and labels (B, T): each masked token's original id at its place, -100 (no loss) elsewhere and on
-    padding, as transformers' DataCollatorForLanguageModeling gives them. On the batch's device, no host sync."""
-    labels = torch.full_like(batch["input_ids"], modeling.IGNORE_INDEX)  # (B, T)
-    # masked_index: the masked tokens' places among the N packed tokens; token_index: those tokens' among the B x T
-    labels.view(-1)[batch["token_index"][batch["masked_index"]]] = batch["masked_labels"]
-    return {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
-            "attention_mask": batch["attention_mask"], "labels": labels}
-
-
-def transformers_mlm_path(hf, setting, masked_batch):
-    """The mlm section's path (2): BertForMaskedLM on the same batches as path (1), padded as they are, its update
-    as path (3)'s."""
-    device = setting.device
-    hf.to(device).train()
-    optimizer, scheduler = transformers_optimizer(hf, device)
-    vocab_size = hf.config.vocab_size
-
-    def train_step(item):
-        batch, _ = masked_batch(item)
-        with setting.autocast():
-            loss = hf(**transformers_mlm_inputs(batch)).loss
-        loss.backward()
-        transformers_update(hf, optimizer, scheduler)
-
-    def head_inputs(batch, denominator):  # the states at every position (B, T, H), padding included
-        hidden = torch.randn(*batch["input_ids"].shape, hf.config.hidden_size, device=device, requires_grad=True)
-        return hidden, transformers_mlm_inputs(batch)["labels"], denominator
-
-    def head_loss(hidden, labels, denominator):  # (B, T, H) -> logits (B, T, V) -> the loss, as its forward
-        logits = hf.cls(hidden)
-        return torch.nn.functional.cross_entropy(logits.view(-1, vocab_size), labels.view(-1))
-
-    return MlmPath("transformers", hf, train_step, head_inputs, head_loss)
-
-
-@torch.no_grad()
-def mlm_losses(model, hf, task_id, batch, denominator):
-    """(ours, transformers') loss on one masked batch, in fp32 and without dropout, as floats."""
-    model.eval()
-    hf.eval()
-    try:
-        _, ours = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                        multitask.batch_labels(batch), token_index=batch["token_index"],
-                        masked_index=batch["masked_index"], denominators=denominator)
-        theirs = hf(**transformers_mlm_inputs(batch)).loss
-    finally:
-        model.train()
-        hf.train()
-    return float(ours), float(theirs)
-
-
-def mlm_step_flops(model, lengths, masked):
-    """Model FLOPs of a masked-LM training step on a batch of real lengths `lengths` (B,) with `masked` masked tokens:
-    the encoder on the real tokens (FlopModel, less the pooler: the masked LM reads no pooled output), and the
-    prediction head (its transform, the tied vocabulary matrix and the output bias) on the masked tokens only. The
-    useful work, whatever rows a path computes logits on."""
-    encoder = dataclasses.replace(FlopModel.of(model), per_sequence=[0]).batch_flops(0, lengths, training=True)
-    head = (sum(p.numel() for p in model.cls.predictions.parameters())
-            + model.bert.embeddings.word_embeddings.weight.numel())
-    return encoder + TRAIN_FLOPS_PER_PARAMETER * head * masked
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Timing
-
-class StepClock:
-    """Times each call without adding host syncs: CUDA events recorded around it on the current stream (read after
-    the round's single synchronisation), or perf_counter on the CPU, where every op has finished when it returns."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-        self.marks = []
-
-    def run(self, function, *args):
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            function(*args)
-            end.record()
-        else:
-            start = time.perf_counter()
-            function(*args)
-            end = time.perf_counter()
-        self.marks.append((start, end))
-
-    def seconds(self):
-        """Seconds of each call since the last reading (synchronises CUDA once)."""
-        if self.cuda:
-            torch.cuda.synchronize()
-            times = [start.elapsed_time(end) / 1e3 for start, end in self.marks]  # elapsed_time is in ms
-        else:
-            times = [end - start for start, end in self.marks]
-        self.marks = []
-        return times
-
-
-def forward_backward_pass(runner, draw):
-    """The forward+backward section's item: one forward and backward pass, then the gradients dropped."""
-    runner.forward_backward(draw)
-    runner.model.zero_grad(set_to_none=True)
-
-
-def timed_rounds(runners, warmup, timed, repeats, device, run):
-    """Seconds of each timed item, per round, per runner: `run(runner, item)` over the warm-up items once, then
-    `repeats` rounds over the timed items, the runners interleaved within each round."""
-    for runner in runners:
-        for item in warmup:
-            run(runner, item)
-    synchronize(device)
-    clock = StepClock(device)
-    seconds = {runner.name: [] for runner in runners}
-    for _ in range(repeats):
-        for runner in runners:
-            for item in timed:
-                clock.run(run, runner, item)
-            seconds[runner.name].append(clock.seconds())
-    return seconds
-
-
-def summarize(seconds, per_round, references=("ours", "ours_compiled")):
-    """Per path: throughputs of the median round (the headline), and of the "best" round made of each item's fastest
-    time over the rounds (the least disturbed estimate on a busy machine); how many times faster each of our paths
-    (`references`) is than each other path (median of the per-round ratios, and the ratio of the best rounds), as
-    "ours/original". `seconds` = {path: [[s per item] per round]};
-    `per_round` = {path: {"steps", "sequences", "real_tokens", "padded_tokens", "flops"}} of one round, flops being
-    the model FLOPs (module docstring)."""
-    paths = {}
-    for name, rounds in seconds.items():
-        work = per_round[name]
-        totals = [sum(items) for items in rounds]
-        median, best = statistics.median(totals), sum(min(times) for times in zip(*rounds))
-        paths[name] = {
-            "seconds_per_round": totals,
-            "best_round_seconds": best,
-            "steps_per_s": work["steps"] / median,
-            "steps_per_s_best": work["steps"] / best,
-            "steps_per_s_range": [work["steps"] / max(totals), work["steps"] / min(totals)],
-            "sequences_per_s": work["sequences"] / median,
-            "real_tokens_per_s": work["real_tokens"] / median,
-            "real_tokens_per_batch": work["real_tokens"] / work["steps"],
-            "padded_tokens_per_batch": work["padded_tokens"] / work["steps"],
-            "model_tflops_per_s": work["flops"] / median / 1e12,
-        }
-    ratios, best_ratios = {}, {}
-    for reference in (r for r in references if r in paths):
-        ours = paths[reference]
-        for name, path in paths.items():
-            if name not in references:
-                ratios[f"{reference}/{name}"] = statistics.median(
-                    other / mine for mine, other in zip(ours["seconds_per_round"], path["seconds_per_round"]))
-                best_ratios[f"{reference}/{name}"] = path["best_round_seconds"] / ours["best_round_seconds"]
-    return {"paths": paths, "ratios": ratios, "ratios_best": best_ratios}
-
-
-def add_mfu(section, peak):
-    for path in section["paths"].values():
-        path["mfu"] = path["model_tflops_per_s"] / peak if peak else None
-
-
-def training_work(runners, draws, setting, flops):
-    """Steps, sequences, tokens and model FLOPs of one round over `draws`, per runner."""
-    work = {}
-    for runner in runners:
-        totals = dict(steps=len(draws), sequences=0, real_tokens=0, padded_tokens=0, flops=0.0)
-        for draw in draws:
-            lengths = setting.train_sets[draw.task].lengths[draw.indices]
-            totals["sequences"] += len(lengths)
-            totals["real_tokens"] += int(lengths.sum())
-            totals["padded_tokens"] += len(lengths) * padded_width(lengths, runner.pad_to)
-            totals["flops"] += flops.batch_flops(draw.task, lengths, training=True)
-        work[runner.name] = totals
-    return work
-
-
-def eval_work(runner, eval_sets, batch_size, flops):
-    """One round of evaluation: every task's set in batches; sorted longest first unless padded to a fixed width."""
-    totals = dict(steps=0, sequences=0, real_tokens=0, padded_tokens=0, flops=0.0)
-    for task, features in eval_sets:
-        lengths = features.lengths
-        if runner.eval_pad_to is None:  # sorted by length, as multitask.predict
-            lengths = lengths.sort(descending=True).values
-        for start in range(0, len(lengths), batch_size):
-            chunk = lengths[start:start + batch_size]
-            totals["steps"] += 1
-            totals["sequences"] += len(chunk)
-            totals["real_tokens"] += int(chunk.sum())
-            totals["padded_tokens"] += len(chunk) * padded_width(chunk, runner.eval_pad_to)
-            totals["flops"] += flops.batch_flops(task, chunk, training=False)
-    return totals
-
-
-def dynamo_counts():
-    """Graphs compiled by torch.compile so far and graph breaks (torch._dynamo's counters)."""
-    from torch._dynamo.utils import counters
-    return {"graphs": counters["stats"]["unique_graphs"], "frames": counters["frames"]["total"],
-            "graph_breaks": sum(counters["graph_break"].values())}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Sections
-
-def train_sections(args, setting, config, timed_draws, warmup_draws, peak):
-    """The training step and the forward+backward pass of paths (1), (2), (3) (and (1) compiled with --compile),
-    evaluation, and --profile."""
-    torch.manual_seed(args.seed)
-    model = modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in BENCH_TASKS])
-    flops = FlopModel.of(model)
-    runners = [ours_runner(copy.deepcopy(model), setting), original_runner(copy.deepcopy(model), setting)]
-    hf = None if args.no_transformers else transformers_runner(config, setting)
-    runners += [hf] if hf else []
-    results = {}
-    if "train" in args.sections:
-        train_runners = list(runners)
-        if args.compile:
-            compiled_model = copy.deepcopy(model)
-            multitask.compile_encoder(compiled_model, device=setting.device)  # as run_multi_task.py --compile
-            train_runners.append(ours_runner(compiled_model, setting, name="ours_compiled"))
-            before = dynamo_counts()
-            print("compiling path (1): warm-up over every timed batch, so each batch width compiles before timing",
-                  flush=True)
-            for draw in warmup_draws + timed_draws:
-                train_runners[-1].train_step(draw)
-            warmed = dynamo_counts()
-        print(f"\n{time.strftime('%H:%M:%S')} timed: train ({len(train_runners)} paths x {args.repeats} rounds x "
-              f"{len(timed_draws)} steps)", flush=True)
-        seconds = timed_rounds(train_runners, warmup_draws, timed_draws, args.repeats, setting.device,
-                               lambda runner, draw: runner.train_step(draw))
-        results["train"] = summarize(seconds, training_work(train_runners, timed_draws, setting, flops))
-        add_mfu(results["train"], peak)
-        results["train"]["pipeline_us"] = pipeline_costs(setting, timed_draws)
-        if args.compile:
-            after = dynamo_counts()
-            # Each frame compilation after the first is a recompilation (a new batch width, say).
-            results["train"]["compile"] = {
-                "frames_compiled": warmed["frames"] - before["frames"],
-                "recompilations": warmed["frames"] - before["frames"] - 1,
-                "graphs": warmed["graphs"] - before["graphs"],
-                "graph_breaks": warmed["graph_breaks"] - before["graph_breaks"],
-                "frames_compiled_while_timed": after["frames"] - warmed["frames"]}
-    if "fwdbwd" in args.sections:
-        print(f"{time.strftime('%H:%M:%S')} timed: forward+backward ({len(runners)} paths x {args.repeats} rounds x "
-              f"{len(timed_draws)} steps)", flush=True)
-        seconds = timed_rounds(runners, warmup_draws, timed_draws, args.repeats, setting.device,
-                               forward_backward_pass)
-        results["fwdbwd"] = summarize(seconds, training_work(runners, timed_draws, setting, flops))
-        add_mfu(results["fwdbwd"], peak)
-    if "eval" in args.sections:
-        results["eval"] = eval_section(args, setting, runners, flops, peak)
-    if args.profile:
-        results["profile"] = profile_ours(runners[0], warmup_draws + timed_draws, args.profile, setting.device)
-    return results
-
-
-def eval_section(args, setting, runners, flops, peak):
-    """Forward-only throughput over a sample of each task's dev set (--eval_examples per task; 0 = all of it)."""
-    generator = torch.Generator().manual_seed(args.seed)
-    eval_sets = []
-    for t, name in enumerate(BENCH_TASKS):
-        features = load_features(args.data_dir, name, "dev", args.vocab_file, True, MAX_SEQ_LENGTH,
-                                 cache_dir=args.cache_dir)
-        if args.eval_examples and args.eval_examples < len(features):
-            keep = torch.randperm(len(features), generator=generator)[:args.eval_examples].sort().values
-            features = multitask.take_examples(features, keep)  # in file order: the original evaluated in file order
-        eval_sets.append((t, features))
-    print(f"{time.strftime('%H:%M:%S')} timed: eval ({len(runners)} paths x {args.repeats} rounds x "
-          f"{sum(len(f) for _, f in eval_sets)} dev examples)", flush=True)
-    # One timed item = every task's set; the warm-up item = the first task's.
-    seconds = timed_rounds(runners, [eval_sets[:1]], [eval_sets], args.repeats, setting.device,
-                           lambda runner, sets: [runner.predict(task, features) for task, features in sets])
-    work = {runner.name: eval_work(runner, eval_sets, setting.eval_batch_size, flops) for runner in runners}
-    section = summarize(seconds, work)
-    add_mfu(section, peak)
-    section["examples_per_task"] = {BENCH_TASKS[t]: len(f) for t, f in eval_sets}
-    section["batch_size"] = setting.eval_batch_size
-    return section
-
-
-def gated_section(args, setting, config, peak):
-    """Gated-BERT's training step: ours against the original's computation, both padded to max_seq_length."""
-    gated_config = modeling_gated.BertConfig.from_dict({**config.to_dict(), "max_seq_length": MAX_SEQ_LENGTH})
-    sizes = [len(f) for f in setting.train_sets]
-    timed = draw_batches(sizes, args.steps, args.seed, modeling_gated.anneal_alpha)
-    warmup = draw_batches(sizes, args.warmup, args.seed + 1, modeling_gated.anneal_alpha)
-    torch.manual_seed(args.seed)
-    model = modeling_gated.BertForMultiTask(gated_config, [TASKS[t].num_labels for t in BENCH_TASKS])
-    original_model = copy.deepcopy(model)
-    runners = [ours_runner(model, setting, pad_to=MAX_SEQ_LENGTH, frozen_parameters=modeling_gated.frozen_parameters),
-               original_runner(original_model, setting, frozen_parameters=modeling_gated.frozen_parameters)]
-    print(f"{time.strftime('%H:%M:%S')} timed: gated train (2 paths x {args.repeats} rounds x {len(timed)} steps)",
-          flush=True)
-    seconds = timed_rounds(runners, warmup, timed, args.repeats, setting.device,
-                           lambda runner, draw: runner.train_step(draw))
-    section = summarize(seconds, training_work(runners, timed, setting, FlopModel.of(model)))
-    add_mfu(section, peak)
-    section["h_aug"] = gated_config.hidden_size_aug
-    return section
-
-
-def pals_section(args, setting, config, peak):
-    """PALs' training step beside EmBERT's: path (1) for both, the same batches, the same settings."""
-    pals_config = modeling_pals.BertConfig.from_dict({**config.to_dict(), "our_attn": False})  # PAL width 204
-    sizes = [len(f) for f in setting.train_sets]
-    timed = draw_batches(sizes, args.steps, args.seed, multitask.embert_alpha)  # PALs anneal as EmBERT
-    warmup = draw_batches(sizes, args.warmup, args.seed + 1, multitask.embert_alpha)
-    heads = [TASKS[t].num_labels for t in BENCH_TASKS]
-    torch.manual_seed(args.seed)
-    embert = modeling.BertForMultiTask(config, heads)
-    pals = modeling_pals.BertForMultiTask(pals_config, heads)
-    runners = [ours_runner(embert, setting), ours_runner(pals, setting, name="pals")]
-    print(f"{time.strftime('%H:%M:%S')} timed: PALs train beside EmBERT's (2 paths x {args.repeats} rounds x "
-          f"{len(timed)} steps)", flush=True)
-    seconds = timed_rounds(runners, warmup, timed, args.repeats, setting.device,
-                           lambda runner, draw: runner.train_step(draw))
-    work = {**training_work(runners[:1], timed, setting, FlopModel.of(embert)),
-            **training_work(runners[1:], timed, setting, FlopModel.of(pals))}
-    section = summarize(seconds, work)
-    add_mfu(section, peak)
-    section["hidden_size_aug"] = pals_config.hidden_size_aug
-    section["parameters"] = {"ours": modeling.count_parameters(embert), "pals": modeling.count_parameters(pals)}
-    return section
-
-
-def group_section(args, device, precision, config, peak):
-    """An & group's training step against one problem's and against the three problems' steps one after another
-    (module docstring), on the same People's Daily batches; None, with a one-line note, without People's Daily."""
-    data_file = problems.problem_file(args.problems_data_dir, GROUP_PROBLEMS[0], "train")
-    if not data_file.is_file():
-        print(f"note: group section skipped: People's Daily is not at {data_file} (--problems_data_dir)")
-        return None
-    records = [problems.get_problem(name) for name in GROUP_PROBLEMS]
-    train_sets = [problems.load_problem_features(problem, "train", args.problems_data_dir, args.vocab_file, True,
-                                                 MAX_SEQ_LENGTH, cache_dir=args.cache_dir) for problem in records]
-    first = train_sets[0]
-    for problem, features in zip(records[1:], train_sets[1:]):
-        if not all(torch.equal(getattr(features, name), getattr(first, name))
-                   for name in ("offsets", "input_ids", "segment_a_len")):
-            multitask.fail(f"group section: {problem.name}'s training inputs differ from {records[0].name}'s "
-                           f"({data_file}); an & group needs the same inputs")
-    setting = Setting(device, multitask.AUTOCAST_DTYPES.get(precision), train_sets, args.eval_batch_size)
-    timed = draw_batches([len(first)], args.steps, args.seed, multitask.embert_alpha)
-    warmup = draw_batches([len(first)], args.warmup, args.seed + 1, multitask.embert_alpha)
-    everyone = list(range(len(records)))
-    weights = [problem.loss_weight for problem in records]
-
-    def model(heads, num_groups):
-        """As multitask.build_model for --tasks with these problems; the same initial weights for every path."""
-        torch.manual_seed(args.seed)
-        return modeling.BertForMultiTask(config, [records[h].num_labels for h in heads],
-                                         [records[h].type for h in heads], num_groups)
-
-    paths = [problem_path("group", model(everyone, 1), setting, [(0, everyone)], weights),
-             problem_path("single", model([0], None), setting, [(0, None)], weights),
-             problem_path("three_singles", model(everyone, None), setting, [(h, None) for h in everyone], weights)]
-    passes = {path.name: count_encoder_passes(path, timed[0]) for path in paths}
-    print(f"{time.strftime('%H:%M:%S')} timed: group train ({len(paths)} paths x {args.repeats} rounds x "
-          f"{len(timed)} batches of {'&'.join(GROUP_PROBLEMS)})", flush=True)
-    seconds = timed_rounds(paths, warmup, timed, args.repeats, device, lambda path, draw: path.train_step(draw))
-    work = {}
-    for path in paths:
-        totals = dict(steps=0, sequences=0, real_tokens=0, padded_tokens=0, flops=0.0)
-        for draw in timed:
-            lengths = first.lengths[draw.indices]
-            for task_id, heads in path.plan:  # one encoder pass per step of the plan
-                totals["steps"] += 1
-                totals["sequences"] += len(lengths)
-                totals["real_tokens"] += int(lengths.sum())
-                totals["padded_tokens"] += len(lengths) * padded_width(lengths, None)
-                totals["flops"] += problem_step_flops(path.model, step_members(task_id, heads), lengths)
-        work[path.name] = totals
-    section = summarize(seconds, work, references=())
-    add_mfu(section, peak)
-    for path in paths:
-        result = section["paths"][path.name]
-        problem_steps = len(timed) * sum(len(step_members(task_id, heads)) for task_id, heads in path.plan)
-        result["problem_steps_per_s"] = problem_steps / statistics.median(result["seconds_per_round"])
-        result["encoder_passes_per_batch"] = passes[path.name]
-    rounds = {name: result["seconds_per_round"] for name, result in section["paths"].items()}
-    best = {name: result["best_round_seconds"] for name, result in section["paths"].items()}
-    # Time per batch: what the group's step costs against one problem's, and what the three steps cost against it.
-    pairs = (("group", "single"), ("three_singles", "group"))
-    section["time_ratios"] = {f"{a}/{b}": statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
-                              for a, b in pairs}
-    section["time_ratios_best"] = {f"{a}/{b}": best[a] / best[b] for a, b in pairs}
-    section["problems"] = list(GROUP_PROBLEMS)
-    section["train_examples"] = len(first)
-    return section
-
-
-def mlm_section(args, device, precision, config, peak):
-    """A masked-LM training step, ours against transformers' BertForMaskedLM with the same weights, on the same
-    masked batches of --mlm_problem (module docstring); None, with a one-line note, without transformers."""
-    try:
-        import transformers
-    except ImportError:
-        transformers = None
-    if transformers is None or args.no_transformers:
-        why = "--no_transformers is given" if transformers else "transformers is not installed (pip install it)"
-        print(f"note: mlm section skipped: it compares with transformers' BertForMaskedLM, and {why}")
-        return None
-    problem = problems.get_problem(args.mlm_problem)
-    features = problems.load_problem_features(problem, "train", args.data_dir, args.vocab_file, True, MAX_SEQ_LENGTH,
-                                              cache_dir=args.cache_dir)
-    setting = Setting(device, multitask.AUTOCAST_DTYPES.get(precision), [features], args.eval_batch_size)
-    # What training_batch reads of multitask.main's run: one process, one micro-batch of BATCH_SIZE, the problem as
-    # the only group, EmBERT's padding (to the longest), the vocabulary's special tokens.
-    run = multitask.Run(argparse.Namespace(max_seq_length=MAX_SEQ_LENGTH), multitask.METHODS["embert"], device,
-                        rank=0, world_size=1, precision=precision, micro_batch=BATCH_SIZE, heads=[problem],
-                        groups=[[0]], masking=problems.Masking.from_vocab(tokenization.load_vocab(args.vocab_file)))
-    # Items (step, Draw): the step seeds the masking of the draw, as the global step does in multitask.main; the
-    # warm-up's steps follow the timed ones', so no two items are masked alike.
-    timed = list(enumerate(draw_batches([len(features)], args.steps, args.seed, multitask.embert_alpha)))
-    warmup = list(enumerate(draw_batches([len(features)], args.warmup, args.seed + 1, multitask.embert_alpha),
-                            start=len(timed)))
-
-    def masked_batch(item):
-        """multitask.main's batch of one step (one micro-batch) on the device, and its loss denominator."""
-        step, draw = item
-        batch, counts = multitask.training_batch(run, [features], [0], draw.indices,
-                                                 masking_seeds=(args.seed, step, 0))
-        return batch, multitask.token_denominators([counts], run.world_size)[0]
-
-    torch.manual_seed(args.seed)
-    model, _ = multitask.build_model(multitask.METHODS["embert"], config, [problem])  # as --tasks <problem>
-    hf = transformers_masked_lm(transformers, model, task_id=0)
-    paths = [ours_mlm_path(model, setting, masked_batch, problem.loss_weight),
-             transformers_mlm_path(hf, setting, masked_batch)]
-    batches = [masked_batch(item) for item in timed]  # untimed: the check, the head's inputs, the work counted
-    ours_loss, hf_loss = mlm_losses(model, hf, 0, *batches[0])
-    if not abs(ours_loss - hf_loss) <= MLM_LOSS_TOLERANCE:  # a NaN fails too
-        raise RuntimeError(f"bench.py mlm section: ours and BertForMaskedLM disagree on one batch's loss with the "
-                           f"same weights ({ours_loss:.6f} against {hf_loss:.6f}): not the same computation")
-    print(f"{time.strftime('%H:%M:%S')} timed: mlm train ({len(paths)} paths x {args.repeats} rounds x "
-          f"{len(timed)} steps of {problem.name})", flush=True)
-    seconds = timed_rounds(paths, warmup, timed, args.repeats, device, lambda path, item: path.train_step(item))
-
-    # The prediction head alone on each batch's shapes (random states: the cost depends on the shapes only).
-    head_inputs = {path.name: [path.head_inputs(*batch) for batch in batches] for path in paths}
-
-    def head_pass(path, k):
-        hidden, labels, denominator = head_inputs[path.name][k]
-        with setting.autocast():
-            loss = path.head_loss(hidden, labels, denominator)
-        loss.backward()
-        hidden.grad = None
-        path.model.zero_grad(set_to_none=True)
-
-    head_seconds = timed_rounds(paths, [0], range(len(timed)), HEAD_ROUNDS, device, head_pass)
-
-    masked = [len(batch["masked_index"]) for batch, _ in batches]
-    work = {}
-    for path in paths:
-        totals = dict(steps=len(timed), sequences=0, real_tokens=0, padded_tokens=0, flops=0.0)
-        for (_, draw), count in zip(timed, masked):
-            lengths = features.lengths[draw.indices]
-            totals["sequences"] += len(lengths)
-            totals["real_tokens"] += int(lengths.sum())
-            totals["padded_tokens"] += len(lengths) * padded_width(lengths, None)  # both: make_batch's width
-            totals["flops"] += mlm_step_flops(model, lengths, count)
-        work[path.name] = totals
-    section = summarize(seconds, work, references=("ours",))
-    add_mfu(section, peak)
-    for path in paths:
-        result = section["paths"][path.name]
-        result["vocab_logit_rows_per_batch"] = statistics.mean(
-            inputs[0].shape[:-1].numel() for inputs in head_inputs[path.name])
-        result["head_seconds_per_step"] = statistics.median(map(sum, head_seconds[path.name])) / len(timed)
-        result["vocab_logits_share"] = result["head_seconds_per_step"] * result["steps_per_s"]
-    section["masked_tokens_per_batch"] = statistics.mean(masked)
-    section["loss_check"] = {"ours": ours_loss, "transformers": hf_loss, "abs_diff": abs(ours_loss - hf_loss),
-                             "tolerance": MLM_LOSS_TOLERANCE}
-    section["problem"] = problem.name
-    section["train_examples"] = len(features)
-    return section
-
-
-def count_encoder_passes(path, draw):
-    """Encoder forward passes in one untimed training step of `path` on `draw`, counted by a forward hook."""
-    calls = []
-    hook = path.model.bert.register_forward_hook(lambda *_: calls.append(None))
-    try:
-        path.train_step(draw)
-    finally:
-        hook.remove()
-    return len(calls)
-
-
-def pipeline_costs(setting, draws):
-    """Microseconds per call of what path (1) does on the host before the model runs: the sampler's draw of a
-    batch's indices, make_batch, the copy to the device (pinned, non-blocking; nothing on the CPU)."""
-    sizes = [len(f) for f in setting.train_sets]
-    sampler = multitask.TaskSampler(sizes, "anneal", multitask.STEPS_PER_TASK_PER_EPOCH * len(sizes),
-                                    SEED_RUN_EPOCHS, SEED, multitask.embert_alpha)
-    calls = [draws[i % len(draws)] for i in range(PIPELINE_CALLS)]
-
-    def per_call(function):
-        synchronize(setting.device)
-        start = time.perf_counter()
-        for draw in calls:
-            function(draw)
-        synchronize(setting.device)
-        return (time.perf_counter() - start) / len(calls) * MICROSECONDS
-
-    def make(draw):
-        return glue_processors.make_batch(setting.train_sets[draw.task], draw.indices,
-                                          pad_multiple=multitask.PAD_MULTIPLE)
-
-    batches = [make(draw) for draw in calls]
-    copies = iter(batches)
-    return {"sampler_next_indices": per_call(lambda draw: sampler.next_indices(draw.task, BATCH_SIZE)),
-            "make_batch": per_call(make),
-            "to_device": per_call(lambda draw: multitask.to_device(next(copies), setting.device))}
-
-
-def profile_ours(runner, draws, steps, device):
-    """torch.profiler over `steps` training steps of path (1): the phases and the top ops by self time."""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    runner.train_step(draws[0])
-    synchronize(device)
-    with torch.profiler.profile(activities=activities) as profiler:
-        for i in range(steps):
-            runner.train_step(draws[i % len(draws)])
-        synchronize(device)
-    averages = profiler.key_averages()
-    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"\nprofile of path (1), {steps} training steps, sorted by {sort_key}:")
-    print(averages.table(sort_by=sort_key, row_limit=PROFILE_ROWS))
-
-    def is_phase(key):
-        """Our labels around the batch and multitask.training_step, and torch.optim's own around its step and
-        zero_grad ("Optimizer.step#AdamW.step"): the step's forward and backward are training_step less these."""
-        return key in ("make_batch", "training_step") or key.startswith(OPTIMIZER_EVENT_PREFIX)
-
-    def row(event):
-        record = {"name": event.key, "calls": event.count, "self_cpu_ms": event.self_cpu_time_total / 1e3,
-                  "cpu_total_ms": event.cpu_time_total / 1e3}
-        if device.type == "cuda":
-            record["self_device_ms"] = event.self_device_time_total / 1e3
-        return record
-
-    ops = sorted((e for e in averages if not is_phase(e.key)), key=lambda e: getattr(e, sort_key), reverse=True)
-    return {"steps": steps, "phases_cpu_ms_per_step": {e.key: e.cpu_time_total / 1e3 / steps for e in averages
-                                                       if is_phase(e.key)},
-            "top_ops": [row(e) for e in ops[:PROFILE_ROWS]]}
-
-
-def timed_call(function, *args, **kwargs):
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
-def write_synthetic_mnli_train(data_dir, source_dir):
-    """MNLI/train.tsv with MNLI's row count and byte size, its sentence pairs drawn from the real pair tasks."""
-    pairs = []
-    for name in ("qnli", "rte", "mrpc", "sts", "wnli", "ax"):
-        for split in TASKS[name].splits:
-            if task_file(source_dir, name, split).is_file():
-                pairs += [(e.text_a, e.text_b) for e in load_examples(source_dir, name, split)]
-    rng = random.Random(0)
-    labels = TASKS["mnli"].labels
-    header = "\t".join(["index", *[f"column{i}" for i in range(1, MNLI_TRAIN_COLUMNS - 1)], "gold_label"])
-    rows = []
-    for i in range(MNLI_TRAIN_EXAMPLES):
-        a, b = rng.choice(pairs)
-        rows.append([str(i), "", "", "", "", "", "", "", a, b, rng.choice(labels), rng.choice(labels)])
-    # Pad the unused parse columns so that the file has MNLI's size (hashing it is part of every cached load).
-    padding = (MNLI_TRAIN_BYTES - sum(len("\t".join(row).encode()) + 1 for row in rows)) // MNLI_TRAIN_EXAMPLES
-    path = data_dir / "MNLI" / "train.tsv"
-    path.parent.mkdir(parents=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(header + "\n")
-        for row in rows:
-            row[4] = "(" * max(padding, 0)
-            f.write("\t".join(row) + "\n")
-    return path
-
-
-def data_section(args):
-    """Featurise every GLUE file in --data_dir cold in one process and in --workers processes, then from the cache.
-
-    "Cold" = reading the file, hashing it, tokenising with a fresh tokenizer (empty word memo) and writing the cache.
-    The parallel run sends every file to the worker pool, however small, to measure the parallel speed-up itself
-    (load_features keeps sets under PARALLEL_MIN_EXAMPLES in-process). --synthetic_mnli adds a file the size of MNLI's
-    training set (the real one is not in ../shared) made of real GLUE sentence pairs, to time the cached load of the
-    largest task; its cold throughput is flattered by repeated sentences and is not reported.
-    """
-    files = [(name, split) for name, task in TASKS.items() for split in task.splits
-             if task_file(args.data_dir, name, split).is_file()]
-    print(f"\n== data: {len(files)} files in {args.data_dir}, vocab {args.vocab_file}, max_seq_length "
-          f"{MAX_SEQ_LENGTH}, {args.workers} workers ==")
-    print(f"{'file':<22}{'examples':>9}{'tokens':>10}{'1 proc s':>10}{'ex/s':>9}"
-          f"{f'{args.workers} proc s':>10}{'ex/s':>9}{'speed-up':>9}{'cached s':>10}")
-    rows, cached_per_task = [], {}
-    with tempfile.TemporaryDirectory() as serial_cache, tempfile.TemporaryDirectory() as parallel_cache:
-        common = dict(vocab_file=args.vocab_file, do_lower_case=True, max_seq_length=MAX_SEQ_LENGTH)
-        for name, split in files:
-            features, serial = timed_call(load_features, args.data_dir, name, split, cache_dir=serial_cache,
-                                          num_workers=1, **common)
-            threshold, glue_processors.PARALLEL_MIN_EXAMPLES = glue_processors.PARALLEL_MIN_EXAMPLES, 0
-            try:
-                _, parallel = timed_call(load_features, args.data_dir, name, split, cache_dir=parallel_cache,
-                                         num_workers=args.workers, **common)
-            finally:
-                glue_processors.PARALLEL_MIN_EXAMPLES = threshold
-            _, cached = timed_call(load_features, args.data_dir, name, split, cache_dir=parallel_cache, **common)
-            n = len(features)
-            rows.append({"task": name, "split": split, "examples": n, "tokens": features.input_ids.numel(),
-                         "serial_s": serial, "parallel_s": parallel, "cached_s": cached})
-            cached_per_task[name] = cached_per_task.get(name, 0.0) + cached
-            print(f"{name + ' ' + split:<22}{n:>9}{features.input_ids.numel():>10}{serial:>10.2f}{n / serial:>9.0f}"
-                  f"{parallel:>10.2f}{n / parallel:>9.0f}{serial / parallel:>9.2f}{cached:>10.3f}")
-        n = sum(r["examples"] for r in rows)
-        serial, parallel = sum(r["serial_s"] for r in rows), sum(r["parallel_s"] for r in rows)
-        print(f"{'all files':<22}{n:>9}{'':>10}{serial:>10.2f}{n / serial:>9.0f}{parallel:>10.2f}"
-              f"{n / parallel:>9.0f}{serial / parallel:>9.2f}")
-        print("cached load per task (all its splits), s: "
-              + ", ".join(f"{name} {seconds:.3f}" for name, seconds in cached_per_task.items()))
-        section = {"workers": args.workers, "files": rows, "examples": n, "serial_s": serial, "parallel_s": parallel,
-                   "serial_examples_per_s": n / serial, "parallel_examples_per_s": n / parallel,
-                   "parallel_speedup": serial / parallel, "cached_load_s_per_task": cached_per_task}
-        if args.synthetic_mnli:
-            with tempfile.TemporaryDirectory() as synthetic_dir:
-                path = write_synthetic_mnli_train(Path(synthetic_dir), args.data_dir)
-                features, cold = timed_call(load_features, synthetic_dir, "mnli", "train", cache_dir=parallel_cache,
-                                            num_workers=args.workers, **common)
-                _, cached = timed_call(load_features, synthetic_dir, "mnli", "train", cache_dir=parallel_cache,
-                                       **common)
-                print(f"synthetic MNLI train: {len(features)} examples, {features.input_ids.numel()} tokens, "
-                      f"{path.stat().st_size / 1e6:.0f} MB file; first build {cold:.1f} s, cached load {cached:.3f} s")
-                section["synthetic_mnli_train"] = {"examples": len(features), "first_build_s": cold,
-                                                   "cached_load_s": cached}
-    return section
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Report
-
-def print_section(title, section, device):
-    on_gpu = device.type == "cuda"
-    print(f"\n== {title} ==")
-    print(f"{'path':<15}{'steps/s':>9}{'(min-max)':>17}{'best':>8}{'seq/s':>9}{'real tok/s':>11}{'real tok/b':>11}"
-          f"{'padded tok/b':>13}{'TFLOP/s' if on_gpu else 'GFLOP/s':>9}{'MFU':>7}{'ours/path':>11}{'(best)':>8}")
-    for name, p in section["paths"].items():
-        low, high = p["steps_per_s_range"]
-        ratio, best = section["ratios"].get(f"ours/{name}"), section["ratios_best"].get(f"ours/{name}")
-        flops = p["model_tflops_per_s"] * (1 if on_gpu else 1e3)
-        mfu = f"{p['mfu']:.1%}" if p.get("mfu") else "-"
-        print(f"{name:<15}{p['steps_per_s']:>9.3f}{f'({low:.3f}-{high:.3f})':>17}{p['steps_per_s_best']:>8.3f}"
-              f"{p['sequences_per_s']:>9.1f}{p['real_tokens_per_s']:>11.0f}{p['real_tokens_per_batch']:>11.0f}"
-              f"{p['padded_tokens_per_batch']:>13.0f}{flops:>9.2f}{mfu:>7}"
-              f"{f'{ratio:.2f}x' if ratio else '':>11}{f'{best:.2f}x' if best else '':>8}")
-    compiled = [f"{key.split('/')[1]} {ratio:.2f}x (best {section['ratios_best'][key]:.2f}x)"
-                for key, ratio in section["ratios"].items() if key.startswith("ours_compiled/")]
-    if compiled:
-        print("ours_compiled, times as fast as: " + ", ".join(compiled))
-
-
-def print_group_section(title, section, device):
-    print_section(title, section, device)
-    paths = section["paths"]
-    print("problem steps/s: " + ", ".join(f"{name} {p['problem_steps_per_s']:.3f}" for name, p in paths.items())
-          + "; encoder passes per batch: " + ", ".join(f"{name} {p['encoder_passes_per_batch']}"
-                                                      for name, p in paths.items()))
-    print("time per batch: " + ", ".join(f"{key} {ratio:.2f}x (best {section['time_ratios_best'][key]:.2f}x)"
-                                         for key, ratio in section["time_ratios"].items()))
-
-
-def print_mlm_section(title, section, device):
-    print_section(title, section, device)
-    paths, check = section["paths"], section["loss_check"]
-    print(f"masked tokens per batch {section['masked_tokens_per_batch']:.0f}; rows given vocabulary logits per batch: "
-          + ", ".join(f"{name} {p['vocab_logit_rows_per_batch']:.0f}" for name, p in paths.items())
-          + "; prediction head's share of a step: "
-          + ", ".join(f"{name} {p['vocab_logits_share']:.0%}" for name, p in paths.items()))
-    print(f"loss on one batch, same weights (fp32, no dropout): ours {check['ours']:.6f}, transformers "
-          f"{check['transformers']:.6f} (difference {check['abs_diff']:.1e})")
-
-
-def projection(results):
-    """Hours for the seed's 60,000-step run at the measured training speeds, and SPEC 9's V100 anchor."""
-    paths = results.get("train", {}).get("paths", {})
-    hours = {name: SEED_RUN_STEPS / p["steps_per_s"] / 3600 for name, p in paths.items()}
-    return {"steps": SEED_RUN_STEPS, "hours": hours,
-            "original_v100_fp32_hours_spec9": SEED_RUN_STEPS * ORIGINAL_V100_SECONDS_PER_STEP / 3600,
-            "note": "at this benchmark's task mix (five small GLUE tasks, shorter sentences than the seed run's "
-                    "MNLI/QNLI/QQP), so padded-to-longest paths are flattered relative to the eight-task run"}
 
 
 def cpu_name():
@@ -1382,6 +295,24 @@ def parse_args(argv=None):
     return args
 
 
+def print_summary(report):
+    """After the sections' tables: torch.compile's counts, the host pipeline, padding, the seed run's projection."""
+    print()
+    if "compile" in report.get("train", {}):
+        print(f"torch.compile: {report['train']['compile']}")
+    if "pipeline_us" in report.get("train", {}):
+        print("host pipeline per step, us: " + ", ".join(f"{k} {v:.0f}"
+                                                         for k, v in report["train"]["pipeline_us"].items()))
+    if "padding" in report:
+        print("tokens per batch, real / padded to the longest: " + ", ".join(
+            f"{k} {v['real_tokens_per_batch']:.0f} / {v['padded_to_longest_tokens_per_batch']:.0f}"
+            for k, v in report["padding"].items()))
+    if "projection" in report:
+        hours = report["projection"]["hours"]
+        print(f"seed run ({SEED_RUN_STEPS} steps): " + ", ".join(f"{k} {v:.1f} h" for k, v in hours.items())
+              + f" (SPEC 9: the original on a V100 ~{report['projection']['original_v100_fp32_hours_spec9']:.0f} h)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -1407,75 +338,25 @@ def main(argv=None):
           f"transformers {transformers_version}; batch {BATCH_SIZE}, tasks {','.join(BENCH_TASKS)}; "
           f"{args.warmup} warm-up + {args.repeats} x {args.steps} timed steps")
 
-    titles = {"train": "train: one optimizer step", "fwdbwd": "forward+backward (no optimizer)",
-              "eval": f"eval: forward only, batch {args.eval_batch_size}", "gated": "Gated-BERT train: one step",
-              "pals": "PALs train: one step, beside EmBERT's (ours)",
-              "group": f"group train: {'&'.join(GROUP_PROBLEMS)} against {GROUP_PROBLEMS[0]} alone and the three "
-                       "one by one",
-              "mlm": f"mlm train: {args.mlm_problem} (masked LM), ours against transformers.BertForMaskedLM"}
-    printers = {"group": print_group_section, "mlm": print_mlm_section}
-
     def report_sections(*keys):
-        """Print what a section measured as soon as it is done, and write every number so far to --json (a run
-        cut short still leaves its finished sections)."""
+        """Print what a measurement gave as soon as it is done, and write every number so far to --json (a run cut
+        short still leaves its finished sections)."""
         for key in keys:
-            if key in report:
-                printers.get(key, print_section)(titles[key], report[key], device)
+            section = SECTIONS.get(key)  # None for profile and projection: --profile and print_summary print them
+            if section and section.printer:
+                section.printer(section.title.format(args=args), report[key], device)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
-    glue_sections = [s for s in args.sections if s not in ("group", "mlm", "data")]  # on the five tasks' batches
-    if glue_sections:
-        train_sets = [load_features(args.data_dir, t, "train", args.vocab_file, True, MAX_SEQ_LENGTH,
-                                    cache_dir=args.cache_dir) for t in BENCH_TASKS]
-        setting = Setting(device, multitask.AUTOCAST_DTYPES.get(precision), train_sets, args.eval_batch_size)
-        sizes = [len(f) for f in train_sets]
-        timed = draw_batches(sizes, args.steps, args.seed, multitask.embert_alpha)
-        warmup = draw_batches(sizes, args.warmup, args.seed + 1, multitask.embert_alpha)
-        report["task_counts"] = {t: sum(d.task == i for d in timed) for i, t in enumerate(BENCH_TASKS)}
-        # The speed-up from padding to the longest depends on the batches drawn: compare with the whole run's.
-        report["padding"] = {"timed_batches": padding_statistics(train_sets, timed),
-                             f"{REFERENCE_DRAWS}_batches_over_the_run": padding_statistics(
-                                 train_sets, draw_batches(sizes, REFERENCE_DRAWS, args.seed, multitask.embert_alpha))}
+    run = BenchRun(args, device, precision, config, peak)
+    if any(SECTIONS[name].glue for name in args.sections):
+        report.update(load_glue_batches(run))
         print(f"\nresults: {args.model} on {device_name}, {precision}; medians of {args.repeats} rounds; "
               f"ours/path = how many times faster path (1) is")
-        if {"train", "fwdbwd", "eval"} & set(args.sections) or args.profile:
-            report.update(train_sections(args, setting, config, timed, warmup, peak))
-            if "train" in report:
-                report["projection"] = projection(report)
-            report_sections("train", "fwdbwd", "eval")
-        if "gated" in args.sections:
-            report["gated"] = gated_section(args, setting, config, peak)
-            report_sections("gated")
-        if "pals" in args.sections:
-            report["pals"] = pals_section(args, setting, config, peak)
-            report_sections("pals")
-    if "group" in args.sections:
-        group = group_section(args, device, precision, config, peak)
-        if group is not None:
-            report["group"] = group
-            report_sections("group")
-    if "mlm" in args.sections:
-        mlm = mlm_section(args, device, precision, config, peak)
-        if mlm is not None:
-            report["mlm"] = mlm
-            report_sections("mlm")
-    if "data" in args.sections:
-        report["data"] = data_section(args)
-
-    print()
-    if "compile" in report.get("train", {}):
-        print(f"torch.compile: {report['train']['compile']}")
-    if "pipeline_us" in report.get("train", {}):
-        print("host pipeline per step, us: " + ", ".join(f"{k} {v:.0f}"
-                                                         for k, v in report["train"]["pipeline_us"].items()))
-    if "padding" in report:
-        print("tokens per batch, real / padded to the longest: " + ", ".join(
-            f"{k} {v['real_tokens_per_batch']:.0f} / {v['padded_to_longest_tokens_per_batch']:.0f}"
-            for k, v in report["padding"].items()))
-    if "projection" in report:
-        hours = report["projection"]["hours"]
-        print(f"seed run ({SEED_RUN_STEPS} steps): " + ", ".join(f"{k} {v:.1f} h" for k, v in hours.items())
-              + f" (SPEC 9: the original on a V100 ~{report['projection']['original_v100_fp32_hours_spec9']:.0f} h)")
+    for measure in measurements(args):
+        results = measure(run)
+        report.update(results)
+        report_sections(*results)
+    print_summary(report)
     report_sections()
     print(f"wrote {args.json}")
     return report

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import bench
+import bench_problems
+import bench_training
 import modeling
 import modeling_gated
 import modeling_pals
@@ -43,10 +45,10 @@ METRICS = ("steps_per_s", "sequences_per_s", "real_tokens_per_s", "real_tokens_p
 def test_flops_match_spec_anchor_for_bert_base():
     config = modeling.BertConfig.from_json_file(bench.CONFIG_FILES["base"])
     with torch.device("meta"):  # sizes only: no memory, no initialisation cost
-        model = modeling.BertForMultiTask(config, [2] * len(bench.BENCH_TASKS))
-    flops = bench.FlopModel.of(model)
-    full = torch.tensor([bench.MAX_SEQ_LENGTH])
-    per_token = flops.batch_flops(0, full, training=True) / bench.MAX_SEQ_LENGTH
+        model = modeling.BertForMultiTask(config, [2] * len(bench_training.BENCH_TASKS))
+    flops = bench_training.FlopModel.of(model)
+    full = torch.tensor([bench_training.MAX_SEQ_LENGTH])
+    per_token = flops.batch_flops(0, full, training=True) / bench_training.MAX_SEQ_LENGTH
     assert per_token / 1e9 == pytest.approx(BASE_GFLOP_PER_TOKEN, abs=SPEC_ROUNDING / 2)
     assert flops.batch_flops(0, full, training=False) == pytest.approx(flops.batch_flops(0, full, True) / 3)
     # Padding is not counted: two sequences of 64 tokens cost less than one of 128 (attention is quadratic).
@@ -57,39 +59,40 @@ def test_gated_flops_count_own_value_adapter_only():
     config = modeling_gated.BertConfig(**TINY, hidden_size_aug=5, max_seq_length=GATED_LENGTH)
     model = modeling_gated.BertForMultiTask(config, TINY_HEADS)
     embert = modeling.BertForMultiTask(modeling.BertConfig(**TINY), TINY_HEADS)
-    gated, flops = model.bert.encoder.layer[-1].attention.self, bench.FlopModel.of(model)
+    gated, flops = model.bert.encoder.layer[-1].attention.self, bench_training.FlopModel.of(model)
     adapters = sum(p.numel() for lists in (gated.query_list, gated.query_list2, gated.key_list, gated.key_list2)
                    for p in lists.parameters())
     value = sum(p.numel() for p in gated.value_list[0].parameters())
     # Every task's query/key adapters run on every token, only the batch's own value adapter does.
-    assert flops.per_token == bench.FlopModel.of(embert).per_token + adapters + value
+    assert flops.per_token == bench_training.FlopModel.of(embert).per_token + adapters + value
     gates = sum(p.numel() for gate in (gated.weight_layer_q, gated.weight_layer_k) for p in gate.parameters())
-    assert flops.per_sequence[0] == bench.FlopModel.of(embert).per_sequence[0] + gates
+    assert flops.per_sequence[0] == bench_training.FlopModel.of(embert).per_sequence[0] + gates
 
 
 def test_pals_flops_count_the_batch_tasks_pal_in_every_layer():
     config = modeling_pals.BertConfig(**{**TINY, "our_attn": False}, hidden_size_aug=18)
     model = modeling_pals.BertForMultiTask(config, TINY_HEADS)
     plain = modeling.BertForMultiTask(modeling.BertConfig(**{**TINY, "our_attn": False}), TINY_HEADS)
-    flops, pal = bench.FlopModel.of(model), model.bert.encoder.layer[0].multi_layers[0]
+    flops, pal = bench_training.FlopModel.of(model), model.bert.encoder.layer[0].multi_layers[0]
     one_pal = sum(p.numel() for p in pal.parameters())  # its V_E and V_D, and its attention's projections
     assert one_pal == (32 * 18 + 18) + (18 * 32 + 32) + 3 * (18 * 18 + 18)
     # The shared V_E / V_D run once in every layer; the other tasks' PALs not at all.
-    assert flops.per_token == bench.FlopModel.of(plain).per_token + TINY["num_hidden_layers"] * one_pal
+    assert flops.per_token == bench_training.FlopModel.of(plain).per_token + TINY["num_hidden_layers"] * one_pal
     assert flops.hidden == TINY["hidden_size"] + 18  # the PAL's attention beside the layer's
-    assert flops.per_sequence == bench.FlopModel.of(plain).per_sequence
+    assert flops.per_sequence == bench_training.FlopModel.of(plain).per_sequence
 
 
 def test_group_step_flops_count_each_head_on_what_it_reads():
     model = modeling.BertForMultiTask(modeling.BertConfig(**TINY), [4, 3], ["seq_tag", "multi_cls"], num_groups=1)
     lengths = torch.tensor([5, 9, 7])
     tagger, types = (sum(p.numel() for p in head.parameters()) for head in model.classifier)
-    per_parameter = bench.TRAIN_FLOPS_PER_PARAMETER
-    one, both = (bench.problem_step_flops(model, heads, lengths) for heads in ([0], [0, 1]))
+    per_parameter = bench_training.TRAIN_FLOPS_PER_PARAMETER
+    one, both = (bench_problems.problem_step_flops(model, heads, lengths) for heads in ([0], [0, 1]))
     # The second head adds its own work only (no second encoder pass): per sequence, as it reads the pooled output.
     assert both - one == per_parameter * types * len(lengths)
     # A seq_tag head runs on every real token; the encoder and pooler part is FlopModel's.
-    encoder = bench.FlopModel.of(model).batch_flops(1, lengths, training=True) - per_parameter * types * len(lengths)
+    encoder = (bench_training.FlopModel.of(model).batch_flops(1, lengths, training=True)
+               - per_parameter * types * len(lengths))
     assert one == encoder + per_parameter * tagger * int(lengths.sum())
 
 
@@ -99,12 +102,13 @@ def test_mlm_step_flops_count_the_head_on_masked_tokens_only():
     lengths = torch.tensor([5, 9, 7])
     # The prediction head: transform (dense H x H, LayerNorm), the tied vocabulary matrix (V x H) and its bias (V).
     head = (32 * 32 + 32) + 2 * 32 + 99 * 32 + 99
-    assert bench.mlm_step_flops(model, lengths, 4) - bench.mlm_step_flops(model, lengths, 0) == \
-        bench.TRAIN_FLOPS_PER_PARAMETER * head * 4
+    assert bench_problems.mlm_step_flops(model, lengths, 4) - bench_problems.mlm_step_flops(model, lengths, 0) == \
+        bench_training.TRAIN_FLOPS_PER_PARAMETER * head * 4
     # The encoder as FlopModel counts it, less the pooler (no pooled output read); nothing per sequence.
     pooler = sum(p.numel() for p in model.bert.pooler.parameters())
-    assert bench.mlm_step_flops(model, lengths, 0) == (bench.FlopModel.of(model).batch_flops(0, lengths, True)
-                                                       - bench.TRAIN_FLOPS_PER_PARAMETER * pooler * len(lengths))
+    assert bench_problems.mlm_step_flops(model, lengths, 0) == (
+        bench_training.FlopModel.of(model).batch_flops(0, lengths, True)
+        - bench_training.TRAIN_FLOPS_PER_PARAMETER * pooler * len(lengths))
 
 
 @pytest.mark.parametrize("name,peak", [
@@ -123,27 +127,27 @@ def test_unknown_gpu_has_no_peak():
 
 def test_draws_are_reproducible_and_follow_the_sampler():
     sizes = [8551, 3668, 2490, 5749, 67349]  # CoLA, MRPC, RTE, STS-B, SST-2 train (SPEC 3)
-    draws = bench.draw_batches(sizes, 40, seed=1, anneal_alpha=bench.multitask.embert_alpha)
-    again = bench.draw_batches(sizes, 40, seed=1, anneal_alpha=bench.multitask.embert_alpha)
+    draws = bench_training.draw_batches(sizes, 40, seed=1, anneal_alpha=bench.multitask.embert_alpha)
+    again = bench_training.draw_batches(sizes, 40, seed=1, anneal_alpha=bench.multitask.embert_alpha)
     assert [(d.task, d.epoch, d.indices.tolist()) for d in draws] == [(d.task, d.epoch, d.indices.tolist())
                                                                       for d in again]
     assert [d.epoch for d in draws] == sorted(d.epoch for d in draws)  # spread over the run, in order
-    assert draws[0].epoch == 0 and draws[-1].epoch == bench.SEED_RUN_EPOCHS - 1
+    assert draws[0].epoch == 0 and draws[-1].epoch == bench_training.SEED_RUN_EPOCHS - 1
     for d in draws:
-        assert d.indices.shape == (bench.BATCH_SIZE,) and int(d.indices.max()) < sizes[d.task]
-        assert len(set(d.indices.tolist())) == bench.BATCH_SIZE  # one pass: no example twice in a batch
+        assert d.indices.shape == (bench_training.BATCH_SIZE,) and int(d.indices.max()) < sizes[d.task]
+        assert len(set(d.indices.tolist())) == bench_training.BATCH_SIZE  # one pass: no example twice in a batch
 
 
 def test_padded_width():
-    assert bench.padded_width(torch.tensor([3, 17, 9]), None) == 24  # longest, rounded up to PAD_MULTIPLE
-    assert bench.padded_width(torch.tensor([3, 17, 9]), 128) == 128
+    assert bench_training.padded_width(torch.tensor([3, 17, 9]), None) == 24  # longest, rounded up to PAD_MULTIPLE
+    assert bench_training.padded_width(torch.tensor([3, 17, 9]), 128) == 128
 
 
 def test_ratios_are_ours_and_ours_compiled_against_every_other_path():
     seconds = {"ours": [[1.0, 1.0], [2.0, 2.0]], "ours_compiled": [[0.5, 0.5], [0.5, 0.5]],
                "original": [[4.0, 4.0], [4.0, 6.0]]}
     work = {"steps": 2, "sequences": 64, "real_tokens": 100, "padded_tokens": 200, "flops": 1e12}
-    section = bench.summarize(seconds, {name: work for name in seconds})
+    section = bench_training.summarize(seconds, {name: work for name in seconds})
     assert section["ratios"] == {"ours/original": pytest.approx(3.25), "ours_compiled/original": pytest.approx(9.0)}
     # best rounds: each batch's fastest time (ours 1 + 1, original 4 + 4, compiled 0.5 + 0.5)
     assert section["ratios_best"] == {"ours/original": 4.0, "ours_compiled/original": 8.0}
@@ -185,10 +189,11 @@ def test_smoke_every_section(tmp_path, capsys):
         assert all(r > 0 for r in saved[section]["ratios"].values())
     # Padding: the original computes on 128 columns, ours on the longest example rounded up.
     train = saved["train"]["paths"]
-    assert train["original"]["padded_tokens_per_batch"] == bench.BATCH_SIZE * bench.MAX_SEQ_LENGTH
+    assert train["original"]["padded_tokens_per_batch"] == bench_training.BATCH_SIZE * bench_training.MAX_SEQ_LENGTH
     assert train["ours"]["padded_tokens_per_batch"] <= train["original"]["padded_tokens_per_batch"]
     assert train["ours"]["real_tokens_per_batch"] == train["original"]["real_tokens_per_batch"]
-    assert saved["gated"]["paths"]["ours"]["padded_tokens_per_batch"] == bench.BATCH_SIZE * bench.MAX_SEQ_LENGTH
+    assert saved["gated"]["paths"]["ours"]["padded_tokens_per_batch"] == (bench_training.BATCH_SIZE
+                                                                          * bench_training.MAX_SEQ_LENGTH)
     assert saved["pals"]["parameters"]["pals"] > saved["pals"]["parameters"]["ours"]
     assert all(v > 0 for v in saved["train"]["pipeline_us"].values())
     assert saved["projection"]["hours"]["ours"] > 0
@@ -235,7 +240,7 @@ def test_group_section_on_real_people_daily(tmp_path, capsys):
     assert paths["group"]["problem_steps_per_s"] == pytest.approx(3 * paths["group"]["steps_per_s"])
     assert paths["three_singles"]["problem_steps_per_s"] == pytest.approx(paths["three_singles"]["steps_per_s"])
     assert paths["three_singles"]["sequences_per_s"] == pytest.approx(
-        paths["three_singles"]["steps_per_s"] * bench.BATCH_SIZE)
+        paths["three_singles"]["steps_per_s"] * bench_training.BATCH_SIZE)
     rounds = {name: p["seconds_per_round"] for name, p in paths.items()}
     expected = sorted(t / g for t, g in zip(rounds["three_singles"], rounds["group"]))
     assert group["time_ratios"]["three_singles/group"] == pytest.approx(sum(expected) / 2)  # median of two rounds
@@ -272,7 +277,7 @@ def test_transformers_masked_lm_computes_our_logits_with_the_task_row_folded():
                         masked_index=torch.arange(len(token_index)))  # (N, V)
         logits = {}
         for row in (0, 1):
-            hf = bench.transformers_masked_lm(transformers, model, row).eval()
+            hf = bench_problems.transformers_masked_lm(transformers, model, row).eval()
             padded = hf(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=mask).logits  # (B, T, V)
             logits[row] = padded.reshape(-1, TINY["vocab_size"])[token_index]  # (N, V)
     assert ours.shape == (int(lengths.sum()), TINY["vocab_size"])
@@ -286,7 +291,7 @@ def test_transformers_mlm_labels_sit_at_the_masked_tokens_places():
     batch = {"input_ids": torch.tensor([[2, 7, 3, 0], [2, 7, 0, 0]]), "token_type_ids": torch.zeros(2, 4).long(),
              "attention_mask": mask, "token_index": mask.flatten().nonzero().squeeze(1),
              "masked_index": torch.tensor([1, 4]), "masked_labels": torch.tensor([11, 12])}
-    labels = bench.transformers_mlm_inputs(batch)["labels"]
+    labels = bench_problems.transformers_mlm_inputs(batch)["labels"]
     assert labels.tolist() == [[-100, 11, -100, -100], [-100, 12, -100, -100]]
 
 
@@ -310,11 +315,11 @@ def test_mlm_section_on_real_glue_rows(tmp_path, capsys):
     assert paths["ours"]["vocab_logit_rows_per_batch"] == mlm["masked_tokens_per_batch"]
     assert paths["transformers"]["vocab_logit_rows_per_batch"] == paths["transformers"]["padded_tokens_per_batch"]
     # BERT's rate: about 15% of the word pieces ([CLS] and [SEP], two per SST-2 sentence, never).
-    pieces = paths["ours"]["real_tokens_per_batch"] - 2 * bench.BATCH_SIZE
+    pieces = paths["ours"]["real_tokens_per_batch"] - 2 * bench_training.BATCH_SIZE
     assert mlm["masked_tokens_per_batch"] == pytest.approx(problems.MASK_RATE * pieces, rel=0.2)
     # The same math: the two losses on one batch with the same weights, near ln(vocab) for a fresh model.
     check = mlm["loss_check"]
-    assert abs(check["ours"] - check["transformers"]) == check["abs_diff"] <= bench.MLM_LOSS_TOLERANCE
+    assert abs(check["ours"] - check["transformers"]) == check["abs_diff"] <= bench_problems.MLM_LOSS_TOLERANCE
     assert check["ours"] == pytest.approx(math.log(saved["config"]["vocab_size"]), abs=0.5)
     assert mlm["problem"] == MLM_TEST_PROBLEM and mlm["train_examples"] > 0
     printed = capsys.readouterr().out
