@@ -100,11 +100,14 @@ class DecoderAttention(nn.Module):
         bias = torch.cat([self.key.bias, self.value.bias])
         return tuple(self.heads(x) for x in F.linear(states, weight, bias).chunk(2, dim=-1))
 
-    def self_projections(self, x):
-        """(B, T, H) -> queries, keys, values (B, nh, T, hs), from one fused matmul."""
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        return tuple(self.heads(y) for y in F.linear(x, weight, bias).chunk(3, dim=-1))
+    def fused(self):
+        """The query, key and value projections as one: weight (3H, H), bias (3H,)."""
+        return (torch.cat([self.query.weight, self.key.weight, self.value.weight]),
+                torch.cat([self.query.bias, self.key.bias, self.value.bias]))
+
+    def self_projections(self, x, fused=None):
+        """(B, T, H) -> queries, keys, values (B, nh, T, hs), from one matmul (`fused`: self.fused(), made once)."""
+        return tuple(self.heads(y) for y in F.linear(x, *(fused or self.fused())).chunk(3, dim=-1))
 
     def attend(self, q, k, v, mask=None, causal=False):
         """(B, nh, T, hs) queries against (B, nh, S, hs) keys and values -> (B, T, H)."""
@@ -135,7 +138,7 @@ class DecoderLayer(nn.Module):
         """x (B, T, H); cross: this layer's cross-attention keys and values (B, nh, S, hs), cross_mask (B, 1, 1, S).
         Without a cache, causal self-attention over the T positions; with one, x is position cache.length alone
         (T = 1), its keys and values written into the cache, attending to every position so far."""
-        q, k, v = self.attention.self.self_projections(x)
+        q, k, v = self.attention.self.self_projections(x, None if cache is None else cache.fused[index])
         if cache is None:
             context = self.attention.self.attend(q, k, v, causal=True)
         else:
@@ -229,6 +232,7 @@ class DecoderCache:
     key_mask: torch.Tensor  # (R, 1, 1, S)
     keys: list | None  # per layer (R, nh, max_length, hs)
     values: list | None
+    fused: list | None = None  # per layer its self-attention's fused projection (DecoderAttention.fused), made once
     length: int = 0  # positions cached
     prefix: torch.Tensor | None = None  # uncached: the tokens so far, (R, t)
     beams: int = 1
@@ -244,7 +248,7 @@ class DecoderCache:
         k = cross[0][0]  # (R, nh, S, hs): the cache's heads, head size and dtype
         shape = (rows, k.shape[1], max_length, k.shape[-1])
         return cls(cross, key_mask, [k.new_empty(shape) for _ in head.layer], [k.new_empty(shape) for _ in head.layer],
-                   beams=beams)
+                   [layer.attention.self.fused() for layer in head.layer], beams=beams)
 
     def append(self, index, k, v):
         """Layer `index`'s keys and values of the new position (R, nh, 1, hs) -> those of every position so far."""
