@@ -11,11 +11,11 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
 
 The paths, fed the identical batches:
   (1) ours         one step of multitask.main's loop as run_multi_task.py runs it with the device's default
-                   settings, multitask.training_step itself: make_batch padded to the longest example (rounded up
-                   to multitask.PAD_MULTIPLE), pinned memory and non-blocking copies, autocast (bf16 on CUDA, fp32
+                   settings, train_step.training_step itself: make_batch padded to the longest example (rounded up
+                   to hardware.PAD_MULTIPLE), pinned memory and non-blocking copies, autocast (bf16 on CUDA, fp32
                    on CPU), the per-token layers on real tokens only (packed), fused QKV with the task embeddings as
                    a bias, scaled_dot_product_attention, global gradient clipping, AdamW (fused), linear
-                   warmup/decay, the loss summed on the device (multitask.LossTally).
+                   warmup/decay, the loss summed on the device (train_step.LossTally).
   (2) original     the original code's computation written plainly (original_reference.py): every batch padded to
                    max_seq_length (128), fp32, separate Q/K/V projections with the task embeddings added, an additive
                    -10000 mask and an explicit softmax (`OriginalSelfAttention`), and the BertAdam update as a loop
@@ -30,17 +30,17 @@ padded to max_seq_length (the gate reads the whole padded sequence); the phase's
 PALs: path (1) with modeling_pals's model beside path (1) with EmBERT's, on the same batches (what the PALs cost).
 
 Sections: train (one optimizer step), fwdbwd (forward+backward only), eval (forward only over dev sets, batches of
---eval_batch_size; sorted by length and padded to the longest as multitask.predict, except the original: file order,
-padded to 128, logits to the host per batch), gated (Gated-BERT's step), pals (PALs' step beside EmBERT's), group
-and mlm (below), data (featurising every GLUE file cold in one process and in --workers processes, then from the
-cache), seq2seq (bench_seq2seq.py's docstring: cmudict_g2p's training step and greedy and beam generation against
-transformers' EncoderDecoderModel).
+--eval_batch_size; sorted by length and padded to the longest as evaluation.predict_split, except the original: file
+order, padded to 128, logits to the host per batch), gated (Gated-BERT's step), pals (PALs' step beside EmBERT's),
+group and mlm (below), data (featurising every GLUE file cold in one process and in --workers processes, then from
+the cache), seq2seq (bench_seq2seq.py's docstring: cmudict_g2p's training step and greedy and beam generation
+against transformers' EncoderDecoderModel).
 Also: the host cost of path (1)'s batch pipeline, the projected time of the seed's 60,000-step run, --profile, and
 everything in --json.
 
 The group section: what an & group costs. On the same real People's Daily training batches (32 rows of
 <--problems_data_dir>/pku199801/199801.txt, whose three problems share their inputs), path (1)'s step as
-multitask.main's loop runs it (make_batch per problem of the step, then multitask.training_step), three ways:
+multitask.main's loop runs it (make_batch per problem of the step, then train_step.training_step), three ways:
   group          one step of pku_cws&pku_ner&pku_entity_types: one encoder pass read by the three heads, the loss
                  the sum of theirs (the model --tasks "pku_cws&pku_ner&pku_entity_types" builds: one task row)
   single         one step of pku_cws alone (the model --tasks pku_cws builds)
@@ -53,9 +53,9 @@ the time ratios group / single and three_singles / group. Skipped, with a note, 
 The mlm section: a masked-LM training step on real GLUE text, --mlm_problem (default rte_mlm, the README's auxiliary
 problem: masked LM on RTE's training texts), on the same batches, two ways:
   ours          multitask.main's step for one mask_lm problem (the model --tasks rte_mlm builds): the batch from
-                multitask.training_batch (the drawn examples masked by problems.mask_tokens with a generator seeded
+                train_step.training_batch (the drawn examples masked by masking.mask_tokens with a generator seeded
                 by (seed, step, micro-batch), padded by make_batch, the masked positions found on the host by
-                with_masked_positions), then multitask.training_step; the vocabulary logits at the M masked tokens
+                with_masked_positions), then train_step.training_step; the vocabulary logits at the M masked tokens
                 only, from the packed states
   transformers  transformers.BertForMaskedLM with our model's weights (the task row's EmBERT embeddings folded into
                 the Q/K/V biases, where EmBERT adds them), given the same batch: the same masked ids padded as they
@@ -68,7 +68,7 @@ its step its prediction head takes (transform, vocabulary logits and loss, forwa
 batch's shapes over one round). Skipped, with a note, without transformers (or with --no_transformers).
 
 Batches: the training sets of the five small GLUE tasks in ../shared/glue (cola, mrpc, rte, sts, sst), tokenized with
-MiniLM's vocab (bert-base-uncased's); a task drawn per step by multitask.TaskSampler("anneal") with the real sizes at
+MiniLM's vocab (bert-base-uncased's); a task drawn per step by sampler.TaskSampler("anneal") with the real sizes at
 steps spread evenly over the seed's 25-epoch run (so the early SST-2-heavy and the late near-uniform task mixes both
 count), then that task's next 32 examples. The (task, indices) list is drawn once and every path runs it.
 Timing: warm-up steps excluded; then --repeats rounds, each running every path over the same --steps batches in turn
@@ -99,9 +99,8 @@ from pathlib import Path
 import torch
 
 import features
-import glue_processors
+import hardware
 import modeling
-import multitask
 import problems
 from bench_problems import (GROUP_PROBLEMS, data_section, group_section, mlm_section, print_group_section,
                             print_mlm_section)
@@ -324,7 +323,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    precision = multitask.resolve_precision(args.precision, device)
+    precision = hardware.resolve_precision(args.precision, device)
     config = model_config(args.model)
     peak, peak_source = peak_tflops(device, args.peak_tflops)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()

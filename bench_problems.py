@@ -1,7 +1,6 @@
 """bench.py's sections beyond the GLUE training paths: group (an & group's step against its problems' own steps, on
 People's Daily), mlm (a masked-LM step against transformers' BertForMaskedLM) and data (featurising the GLUE files);
 bench.py's docstring says what each measures."""
-import argparse
 import dataclasses
 import random
 import statistics
@@ -13,18 +12,25 @@ from pathlib import Path
 
 import torch
 
-import glue_processors
-import modeling
-import multitask
+import features as feats
 import optimization
 import problems
 import tokenization
 from bench_training import (BATCH_SIZE, LEARNING_RATE, MAX_SEQ_LENGTH, SEED_RUN_STEPS, TRAIN_FLOPS_PER_PARAMETER,
-                            WARMUP_PROPORTION, FlopModel, Setting, add_mfu, draw_batches, padded_width, print_section,
-                            summarize, timed_rounds, transformers_config, transformers_optimizer, transformers_update)
+                            WARMUP_PROPORTION, FlopModel, Setting, add_mfu, draw_batches, head_batch, padded_width,
+                            print_section, summarize, timed_rounds, transformers_config, transformers_optimizer,
+                            transformers_update)
+from checkpoints import build_model
+from features import IGNORE_INDEX
 from glue_processors import TASKS, load_examples, load_features, task_file
+from hardware import AUTOCAST_DTYPES, batch_padding, to_device
+from masking import Masking
+from methods import METHODS
+from run_files import fail
+from sampler import embert_alpha
+from train_step import BatchPlan, LossTally, token_denominators, training_batch, training_step
 
-# The group section's & group: People's Daily problems with the same inputs (problems.PKU_PROBLEMS), its first
+# The group section's & group: People's Daily problems with the same inputs (pku.PKU_PROBLEMS), its first
 # member also the single-problem path's problem.
 GROUP_PROBLEMS = ("pku_cws", "pku_ner", "pku_entity_types")
 # The mlm section's loss check: float32 sums in another order (packed against padded, M rows against B x T) differ
@@ -59,31 +65,25 @@ def step_members(task_id, heads):
 
 def problem_path(name, model, setting, plan, loss_weights):
     """Each step of `plan` on a draw's examples, as one step of multitask.main's loop (one process, gradient
-    accumulation 1): make_batch from the first member's features, an & group's labels from each member's (their
-    inputs are the same), the copy to the device, then multitask.training_step itself, its loss added to a
-    multitask.LossTally. `loss_weights`: each head's problem's loss_weight."""
+    accumulation 1): the batch as train_step.training_batch builds it (bench_training.head_batch: make_batch from the
+    first member's features, each member's labels from its own, their inputs being the same), the copy to the device,
+    then train_step.training_step itself, its loss added to a train_step.LossTally. `loss_weights`: each head's
+    problem's loss_weight."""
     device = setting.device
     model.to(device).train()
     optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
     scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
     scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)  # as ours_runner
-    tally = multitask.LossTally.zeros(len(setting.train_sets), device)
+    tally = LossTally.zeros(len(setting.train_sets), device)
     weights = [torch.tensor([loss_weights[h] for h in step_members(task_id, heads)], device=device)
                for task_id, heads in plan]  # on the device once, as multitask.main does
-
-    def batch(head, indices):
-        return glue_processors.make_batch(setting.train_sets[head], indices, pad_multiple=multitask.PAD_MULTIPLE)
 
     def train_step(draw):
         for (task_id, heads), step_weights in zip(plan, weights):
             members = step_members(task_id, heads)
-            inputs = batch(members[0], draw.indices)
-            if heads is not None:
-                inputs["group_labels"] = [multitask.example_labels(setting.train_sets[h], draw.indices)
-                                          for h in heads]
-            tally.add(members, multitask.training_step(
-                model, model, [multitask.to_device(inputs, device)], task_id, optimizer, scheduler, scaler,
-                setting.autocast_dtype, heads=heads, loss_weights=step_weights))
+            inputs = head_batch(model, setting.train_sets, members, draw.indices)
+            tally.add(members, training_step(model, model, [to_device(inputs, device)], task_id, members, optimizer,
+                                             scheduler, scaler, step_weights, setting.autocast_dtype))
 
     return ProblemPath(name, model, plan, train_step)
 
@@ -91,11 +91,12 @@ def problem_path(name, model, setting, plan, loss_weights):
 def problem_step_flops(model, heads, lengths):
     """Model FLOPs of one training step of the problems `heads` (head indices) reading one encoder pass over a batch
     of real lengths `lengths` (B,): the encoder and the pooler (which always runs) as FlopModel counts them, plus
-    each head on what it reads, every real token for a "tokens" head (seq_tag), the pooled output otherwise."""
+    each head on what it reads, every real token for a head whose type reads the tokens (seq_tag), the pooled output
+    otherwise."""
     pooler = sum(p.numel() for p in model.bert.pooler.parameters())
     flops = dataclasses.replace(FlopModel.of(model), per_sequence=[pooler]).batch_flops(0, lengths, training=True)
     for head in heads:
-        per_token = modeling.HEAD_INPUTS[model.problem_types[head]] == "tokens"
+        per_token = model.head_types[head].reads == "tokens"
         reads = int(lengths.sum()) if per_token else len(lengths)
         flops += TRAIN_FLOPS_PER_PARAMETER * sum(p.numel() for p in model.classifier[head].parameters()) * reads
     return flops
@@ -117,21 +118,20 @@ class MlmPath:
 
 def ours_mlm_path(model, setting, masked_batch, loss_weight):
     """The mlm section's path (1): one step of multitask.main's loop for a mask_lm problem (one process, gradient
-    accumulation 1): `masked_batch(item)` (training_batch and the loss denominator), then multitask.training_step
-    itself, its loss added to a multitask.LossTally."""
+    accumulation 1): `masked_batch(item)` (train_step.training_batch and the loss denominator), then
+    train_step.training_step itself, its loss added to a train_step.LossTally."""
     device = setting.device
     model.to(device).train()
     optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
     scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
     scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)  # as ours_runner
-    tally = multitask.LossTally.zeros(1, device)
+    tally = LossTally.zeros(1, device)
     weights = torch.tensor([loss_weight], device=device)  # on the device once, as multitask.main's group_weights
 
     def train_step(item):
         batch, denominator = masked_batch(item)
-        tally.add([0], multitask.training_step(model, model, [batch], 0, optimizer, scheduler, scaler,
-                                               setting.autocast_dtype, loss_weights=weights,
-                                               denominators=denominator))
+        tally.add([0], training_step(model, model, [batch], 0, [0], optimizer, scheduler, scaler, weights,
+                                     setting.autocast_dtype, denominators=[denominator]))
 
     def head_inputs(batch, denominator):  # the states of the M masked tokens (M, H)
         hidden = torch.randn(len(batch["masked_index"]), model.config.hidden_size, device=device, requires_grad=True)
@@ -139,7 +139,7 @@ def ours_mlm_path(model, setting, masked_batch, loss_weight):
 
     def head_loss(hidden, labels, denominator):  # (M, H) -> logits (M, V) -> the loss, as BertForMultiTask's forward
         logits = model.cls.predictions(hidden, model.bert.embeddings.word_embeddings.weight)
-        return modeling.LOSSES["mask_lm"](logits, labels, denominator)
+        return model.head_types[0].loss(logits, labels, denominator)
 
     return MlmPath("ours", model, train_step, head_inputs, head_loss)
 
@@ -175,7 +175,7 @@ def transformers_mlm_inputs(batch):
     """BertForMaskedLM's inputs for one of our masked batches: the same masked ids, segments and mask, padded as they
     are (B, T), and labels (B, T): each masked token's original id at its place, -100 (no loss) elsewhere and on
     padding, as transformers' DataCollatorForLanguageModeling gives them. On the batch's device, no host sync."""
-    labels = torch.full_like(batch["input_ids"], modeling.IGNORE_INDEX)  # (B, T)
+    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)  # (B, T)
     # masked_index: the masked tokens' places among the N packed tokens; token_index: those tokens' among the B x T
     labels.view(-1)[batch["token_index"][batch["masked_index"]]] = batch["masked_labels"]
     return {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
@@ -214,9 +214,9 @@ def mlm_losses(model, hf, task_id, batch, denominator):
     model.eval()
     hf.eval()
     try:
-        _, ours = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                        multitask.batch_labels(batch), token_index=batch["token_index"],
-                        masked_index=batch["masked_index"], denominators=denominator)
+        ours = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                     batch["head_labels"], token_index=batch["token_index"], masked_index=batch["masked_index"],
+                     denominators=[denominator]).losses[0]
         theirs = hf(**transformers_mlm_inputs(batch)).loss
     finally:
         model.train()
@@ -254,19 +254,18 @@ def group_section(run):
     for problem, features in zip(records[1:], train_sets[1:]):
         if not all(torch.equal(getattr(features, name), getattr(first, name))
                    for name in ("offsets", "input_ids", "segment_a_len")):
-            multitask.fail(f"group section: {problem.name}'s training inputs differ from {records[0].name}'s "
-                           f"({data_file}); an & group needs the same inputs")
-    setting = Setting(device, multitask.AUTOCAST_DTYPES.get(run.precision), train_sets, args.eval_batch_size)
-    timed = draw_batches([len(first)], args.steps, args.seed, multitask.embert_alpha)
-    warmup = draw_batches([len(first)], args.warmup, args.seed + 1, multitask.embert_alpha)
+            fail(f"group section: {problem.name}'s training inputs differ from {records[0].name}'s ({data_file}); "
+                 "an & group needs the same inputs")
+    setting = Setting(device, AUTOCAST_DTYPES.get(run.precision), train_sets, args.eval_batch_size)
+    timed = draw_batches([len(first)], args.steps, args.seed, embert_alpha)
+    warmup = draw_batches([len(first)], args.warmup, args.seed + 1, embert_alpha)
     everyone = list(range(len(records)))
     weights = [problem.loss_weight for problem in records]
 
     def model(heads, num_groups):
-        """As multitask.build_model for --tasks with these problems; the same initial weights for every path."""
+        """As checkpoints.build_model for --tasks with these problems; the same initial weights for every path."""
         torch.manual_seed(args.seed)
-        return modeling.BertForMultiTask(config, [records[h].num_labels for h in heads],
-                                         [records[h].type for h in heads], num_groups)
+        return build_model(METHODS["embert"], config, [records[h] for h in heads], num_groups=num_groups)[0]
 
     paths = [problem_path("group", model(everyone, 1), setting, [(0, everyone)], weights),
              problem_path("single", model([0], None), setting, [(0, None)], weights),
@@ -322,28 +321,26 @@ def mlm_section(run):
     problem = problems.get_problem(args.mlm_problem)
     features = problems.load_problem_features(problem, "train", args.data_dir, args.vocab_file, True, MAX_SEQ_LENGTH,
                                               cache_dir=args.cache_dir)
-    setting = Setting(device, multitask.AUTOCAST_DTYPES.get(run.precision), [features], args.eval_batch_size)
-    # What training_batch reads of multitask.main's run: one process, one micro-batch of BATCH_SIZE, the problem as
-    # the only group, EmBERT's padding (to the longest), the vocabulary's special tokens.
-    main_run = multitask.Run(argparse.Namespace(max_seq_length=MAX_SEQ_LENGTH), multitask.METHODS["embert"], device,
-                             rank=0, world_size=1, precision=run.precision, micro_batch=BATCH_SIZE, heads=[problem],
-                             groups=[[0]],
-                             masking=problems.Masking.from_vocab(tokenization.load_vocab(args.vocab_file)))
+    setting = Setting(device, AUTOCAST_DTYPES.get(run.precision), [features], args.eval_batch_size)
+    # What training_batch reads of multitask.main's run: one process, one micro-batch of BATCH_SIZE, EmBERT's padding
+    # (to the longest), the vocabulary's special tokens; the problem is the only group.
+    batch_plan = BatchPlan(rank=0, micro_batch=BATCH_SIZE, pad_to=batch_padding(METHODS["embert"], MAX_SEQ_LENGTH),
+                           device=device, masking=Masking.from_vocab(tokenization.load_vocab(args.vocab_file)))
     # Items (step, Draw): the step seeds the masking of the draw, as the global step does in multitask.main; the
     # warm-up's steps follow the timed ones', so no two items are masked alike.
-    timed = list(enumerate(draw_batches([len(features)], args.steps, args.seed, multitask.embert_alpha)))
-    warmup = list(enumerate(draw_batches([len(features)], args.warmup, args.seed + 1, multitask.embert_alpha),
+    timed = list(enumerate(draw_batches([len(features)], args.steps, args.seed, embert_alpha)))
+    warmup = list(enumerate(draw_batches([len(features)], args.warmup, args.seed + 1, embert_alpha),
                             start=len(timed)))
 
     def masked_batch(item):
-        """multitask.main's batch of one step (one micro-batch) on the device, and its loss denominator."""
+        """multitask.main's batch of one step (one micro-batch) on the device, and its head's loss denominator."""
         step, draw = item
-        batch, counts = multitask.training_batch(main_run, [features], [0], draw.indices,
-                                                 masking_seeds=(args.seed, step, 0))
-        return batch, multitask.token_denominators([counts], main_run.world_size)[0]
+        batch, counts = training_batch(batch_plan, [problem], [features], [0], draw.indices,
+                                       masking_seeds=(args.seed, step, 0))
+        return batch, token_denominators([counts], world_size=1)[0]
 
     torch.manual_seed(args.seed)
-    model, _ = multitask.build_model(multitask.METHODS["embert"], config, [problem])  # as --tasks <problem>
+    model, _ = build_model(METHODS["embert"], config, [problem])  # as --tasks <problem>
     hf = transformers_masked_lm(transformers, model, task_id=0)
     paths = [ours_mlm_path(model, setting, masked_batch, problem.loss_weight),
              transformers_mlm_path(hf, setting, masked_batch)]
@@ -444,9 +441,9 @@ def data_section(run):
 
     "Cold" = reading the file, hashing it, tokenising with a fresh tokenizer (empty word memo) and writing the cache.
     The parallel run sends every file to the worker pool, however small, to measure the parallel speed-up itself
-    (load_features keeps sets under PARALLEL_MIN_EXAMPLES in-process). --synthetic_mnli adds a file the size of MNLI's
-    training set (the real one is not in ../shared) made of real GLUE sentence pairs, to time the cached load of the
-    largest task; its cold throughput is flattered by repeated sentences and is not reported.
+    (load_features keeps sets under features.PARALLEL_MIN_EXAMPLES in-process). --synthetic_mnli adds a file the size
+    of MNLI's training set (the real one is not in ../shared) made of real GLUE sentence pairs, to time the cached load
+    of the largest task; its cold throughput is flattered by repeated sentences and is not reported.
     """
     args = run.args
     files = [(name, split) for name, task in TASKS.items() for split in task.splits
@@ -461,12 +458,12 @@ def data_section(run):
         for name, split in files:
             features, serial = timed_call(load_features, args.data_dir, name, split, cache_dir=serial_cache,
                                           num_workers=1, **common)
-            threshold, glue_processors.PARALLEL_MIN_EXAMPLES = glue_processors.PARALLEL_MIN_EXAMPLES, 0
+            threshold, feats.PARALLEL_MIN_EXAMPLES = feats.PARALLEL_MIN_EXAMPLES, 0
             try:
                 _, parallel = timed_call(load_features, args.data_dir, name, split, cache_dir=parallel_cache,
                                          num_workers=args.workers, **common)
             finally:
-                glue_processors.PARALLEL_MIN_EXAMPLES = threshold
+                feats.PARALLEL_MIN_EXAMPLES = threshold
             _, cached = timed_call(load_features, args.data_dir, name, split, cache_dir=parallel_cache, **common)
             n = len(features)
             rows.append({"task": name, "split": split, "examples": n, "tokens": features.input_ids.numel(),

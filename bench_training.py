@@ -11,14 +11,17 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
-import glue_processors
+import evaluation
 import modeling
 import modeling_gated
 import modeling_pals
-import multitask
 import optimization
+from features import make_batch, take_examples
 from glue_processors import TASKS, load_features
+from hardware import AUTOCAST_DTYPES, PAD_MULTIPLE, compile_encoder, to_device
 from original_reference import OriginalBertAdam, use_original_attention
+from sampler import STEPS_PER_TASK_PER_EPOCH, TaskSampler, embert_alpha
+from train_step import LossTally, training_step
 
 # The five GLUE tasks whose training sets are in ../shared/glue (QQP, MNLI and QNLI train are too large to be there).
 BENCH_TASKS = ("cola", "mrpc", "rte", "sts", "sst")
@@ -57,9 +60,9 @@ class Draw:
 def draw_batches(sizes, count, seed, anneal_alpha, batch_size=BATCH_SIZE):
     """`count` batches at steps spread evenly over the seed's 25-epoch run, each task drawn by the anneal sampler
     (p_t ~ N_t^alpha, alpha 1 -> 0.2 for EmBERT), then that task's next `batch_size` examples."""
-    steps_per_epoch = multitask.STEPS_PER_TASK_PER_EPOCH * len(sizes)
+    steps_per_epoch = STEPS_PER_TASK_PER_EPOCH * len(sizes)
     total_steps = SEED_RUN_EPOCHS * steps_per_epoch
-    sampler = multitask.TaskSampler(sizes, "anneal", steps_per_epoch, SEED_RUN_EPOCHS, seed, anneal_alpha)
+    sampler = TaskSampler(sizes, "anneal", steps_per_epoch, SEED_RUN_EPOCHS, seed, anneal_alpha)
     schedules, draws = {}, []
     for k in range(count):
         epoch, step = divmod(k * total_steps // count, steps_per_epoch)
@@ -84,7 +87,7 @@ def padded_width(lengths, pad_to):
     """The batch width make_batch gives: pad_to, or the longest example rounded up to PAD_MULTIPLE."""
     if pad_to is not None:
         return pad_to
-    return -(-int(lengths.max()) // multitask.PAD_MULTIPLE) * multitask.PAD_MULTIPLE
+    return -(-int(lengths.max()) // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class Runner:
     pad_to: int | None  # training batch width: None = the longest example, rounded up to PAD_MULTIPLE
     train_step: Callable  # Draw -> None
     forward_backward: Callable  # Draw -> None, gradients left in .grad
-    predict: Callable | None = None  # (task, Features) -> logits on the CPU
+    predict: Callable | None = None  # (task, Features) -> ours: predictions (predict_split); others: CPU logits
     eval_pad_to: int | None = None  # evaluation batch width, as pad_to
 
 
@@ -161,7 +164,7 @@ class BenchRun:
     GLUE tasks' training sets and draws once load_glue_batches has read them."""
     args: argparse.Namespace
     device: torch.device
-    precision: str  # as multitask.resolve_precision gives it: "fp32" or "bf16"
+    precision: str  # as hardware.resolve_precision gives it: "fp32" or "bf16"
     config: modeling.BertConfig
     peak: float | None  # dense bf16 TFLOP/s; None: no MFU
     setting: Setting | None = None
@@ -169,30 +172,43 @@ class BenchRun:
     warmup: list | None = None  # Draw per warm-up step
 
 
+def head_batch(model, train_sets, heads, indices, pad_to=None):
+    """The batch train_step.training_batch builds for heads on the pooled output or the tokens (one process, one
+    micro-batch), on the host: make_batch of the first head's features, and "head_labels", each head's labels of the
+    examples at `indices` from its own features (an & group's problems have the same inputs), as its type reads
+    them. Without the labelled-token counts: each per-token loss divides by its batch's own count (one micro-batch)."""
+    batch = make_batch(train_sets[heads[0]], indices, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+    for key in ("labels", "token_labels"):  # the first head's; each head's come from its own features below
+        batch.pop(key, None)
+    batch["head_labels"] = [model.head_types[h].example_labels(train_sets[h], indices) for h in heads]
+    return batch
+
+
 def ours_runner(model, setting, name="ours", pad_to=None, frozen_parameters=None):
     """Path (1): one step of multitask.main's loop (one process, gradient accumulation 1): the batch built and copied
-    as it builds it, then multitask.training_step itself, its loss added to a multitask.LossTally as the loop adds
-    it. The record_function labels cost nothing without an active profiler and name the phases in --profile."""
+    as it builds it (head_batch, then hardware.to_device), then train_step.training_step itself with the task's
+    loss_weight, its loss added to a train_step.LossTally as the loop adds it. The record_function labels cost
+    nothing without an active profiler and name the phases in --profile. Evaluation: evaluation.predict_split."""
     device = setting.device
     model.to(device).train()
     optimizer = optimization.build_optimizer(model, "adamw", LEARNING_RATE, device_type=device.type)
     scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
     # As multitask.main: loss scaling only for fp16 (disabled, scale/unscale_/update do nothing, for bf16 and fp32).
     scaler = torch.amp.GradScaler(device.type, enabled=setting.autocast_dtype == torch.float16)
-    tally = multitask.LossTally.zeros(len(setting.train_sets), device)
+    tally = LossTally.zeros(len(setting.train_sets), device)
+    # Each task's loss_weight, on the device once, as multitask.main's group_weights.
+    weights = [torch.tensor([TASKS[task].loss_weight], device=device) for task in BENCH_TASKS]
 
     def batch_on_device(draw):
         with record_function("make_batch"):
-            return multitask.to_device(glue_processors.make_batch(
-                setting.train_sets[draw.task], draw.indices, pad_to=pad_to, pad_multiple=multitask.PAD_MULTIPLE),
-                device)
+            return to_device(head_batch(model, setting.train_sets, [draw.task], draw.indices, pad_to), device)
 
     def forward_backward(draw):
         """The forward and backward pass of training_step, without its optimizer step (the fwdbwd section)."""
         batch = batch_on_device(draw)
         with record_function("forward"), setting.autocast():
-            _, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], draw.task,
-                            multitask.batch_labels(batch), token_index=batch["token_index"])
+            loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], draw.task,
+                         batch["head_labels"], token_index=batch["token_index"]).losses[0]
         with record_function("backward"):
             scaler.scale(loss).backward()
 
@@ -200,12 +216,13 @@ def ours_runner(model, setting, name="ours", pad_to=None, frozen_parameters=None
         batches = [batch_on_device(draw)]
         frozen = frozen_parameters(model, draw.task, draw.epoch) if frozen_parameters else ()
         with record_function("training_step"):
-            tally.add([draw.task], multitask.training_step(model, model, batches, draw.task, optimizer, scheduler,
-                                                         scaler, setting.autocast_dtype, frozen))
+            tally.add([draw.task], training_step(model, model, batches, draw.task, [draw.task], optimizer,
+                                                 scheduler, scaler, weights[draw.task], setting.autocast_dtype,
+                                                 frozen))
 
     def predict(task, features):
-        return multitask.predict(model, features, task, setting.eval_batch_size, device, setting.autocast_dtype,
-                                 pad_to=pad_to)
+        return evaluation.predict_split(model, TASKS[BENCH_TASKS[task]], features, task, task,
+                                        setting.eval_batch_size, device, setting.autocast_dtype, pad_to=pad_to)
 
     return Runner(name, model, pad_to, train_step, forward_backward, predict, eval_pad_to=pad_to)
 
@@ -219,13 +236,13 @@ def original_runner(model, setting, frozen_parameters=None):
     scheduler = optimization.linear_warmup_decay(optimizer, SEED_RUN_STEPS, WARMUP_PROPORTION)
 
     def batch_on_device(features, indices):
-        batch = glue_processors.make_batch(features, indices, pad_to=pad_to)
+        batch = make_batch(features, indices, pad_to=pad_to)
         return {k: v.to(device) for k, v in batch.items()}
 
     def forward_backward(draw):
         batch = batch_on_device(setting.train_sets[draw.task], draw.indices)
-        _, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], draw.task,
-                        batch["labels"])
+        loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], draw.task,
+                     [batch["labels"]]).losses[0]
         loss.backward()
 
     def train_step(draw):
@@ -244,7 +261,8 @@ def original_runner(model, setting, frozen_parameters=None):
         for start in range(0, len(features), setting.eval_batch_size):
             batch = batch_on_device(features, torch.arange(start, min(start + setting.eval_batch_size,
                                                                       len(features))))
-            logits.append(model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task)[0].cpu())
+            logits.append(model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                                task).logits[0].cpu())
         model.train()
         return torch.cat(logits)
 
@@ -295,8 +313,8 @@ def transformers_runner(config, setting):
     optimizer, scheduler = transformers_optimizer(model, device)
 
     def forward_backward(draw):
-        batch = multitask.to_device(glue_processors.make_batch(
-            setting.train_sets[draw.task], draw.indices, pad_multiple=multitask.PAD_MULTIPLE), device)
+        batch = to_device(make_batch(setting.train_sets[draw.task], draw.indices, pad_multiple=PAD_MULTIPLE),
+                          device)
         # A 2-way stand-in for STS-B's regression target: the head's size, not the label, matters for speed.
         labels = batch["labels"] if not batch["labels"].is_floating_point() else (batch["labels"] > 0.5).long()
         with setting.autocast():
@@ -310,14 +328,15 @@ def transformers_runner(config, setting):
 
     @torch.no_grad()
     def predict(task, features):
-        """As multitask.predict: batches sorted by length, padded to the longest, logits gathered on the device."""
+        """As evaluation.predict_split: batches sorted by length, padded to the longest, logits gathered on the
+        device."""
         model.eval()
         order = torch.argsort(features.lengths, descending=True, stable=True)
         logits_out = torch.empty(len(features), hf_config.num_labels, device=device)
         order_on_device = order.to(device)
         for start in range(0, len(features), setting.eval_batch_size):
-            batch = multitask.to_device(glue_processors.make_batch(
-                features, order[start:start + setting.eval_batch_size], pad_multiple=multitask.PAD_MULTIPLE), device)
+            batch = to_device(make_batch(features, order[start:start + setting.eval_batch_size],
+                                         pad_multiple=PAD_MULTIPLE), device)
             with setting.autocast():
                 logits = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                                attention_mask=batch["attention_mask"]).logits
@@ -445,7 +464,7 @@ def eval_work(runner, eval_sets, batch_size, flops):
     totals = dict(steps=0, sequences=0, real_tokens=0, padded_tokens=0, flops=0.0)
     for task, features in eval_sets:
         lengths = features.lengths
-        if runner.eval_pad_to is None:  # sorted by length, as multitask.predict
+        if runner.eval_pad_to is None:  # sorted by length, as evaluation.predict_split
             lengths = lengths.sort(descending=True).values
         for start in range(0, len(lengths), batch_size):
             chunk = lengths[start:start + batch_size]
@@ -473,15 +492,15 @@ def load_glue_batches(run):
     args = run.args
     train_sets = [load_features(args.data_dir, t, "train", args.vocab_file, True, MAX_SEQ_LENGTH,
                                 cache_dir=args.cache_dir) for t in BENCH_TASKS]
-    run.setting = Setting(run.device, multitask.AUTOCAST_DTYPES.get(run.precision), train_sets, args.eval_batch_size)
+    run.setting = Setting(run.device, AUTOCAST_DTYPES.get(run.precision), train_sets, args.eval_batch_size)
     sizes = [len(f) for f in train_sets]
-    run.timed = draw_batches(sizes, args.steps, args.seed, multitask.embert_alpha)
-    run.warmup = draw_batches(sizes, args.warmup, args.seed + 1, multitask.embert_alpha)
+    run.timed = draw_batches(sizes, args.steps, args.seed, embert_alpha)
+    run.warmup = draw_batches(sizes, args.warmup, args.seed + 1, embert_alpha)
     # The speed-up from padding to the longest depends on the batches drawn: compare with the whole run's.
     return {"task_counts": {t: sum(d.task == i for d in run.timed) for i, t in enumerate(BENCH_TASKS)},
             "padding": {"timed_batches": padding_statistics(train_sets, run.timed),
                         f"{REFERENCE_DRAWS}_batches_over_the_run": padding_statistics(
-                            train_sets, draw_batches(sizes, REFERENCE_DRAWS, args.seed, multitask.embert_alpha))}}
+                            train_sets, draw_batches(sizes, REFERENCE_DRAWS, args.seed, embert_alpha))}}
 
 
 @dataclass
@@ -518,7 +537,7 @@ def train_section(run, paths):
     train_runners = list(paths.runners)
     if args.compile:
         compiled_model = copy.deepcopy(paths.model)
-        multitask.compile_encoder(compiled_model, device=setting.device)  # as run_multi_task.py --compile
+        compile_encoder(compiled_model, device=setting.device)  # as run_multi_task.py --compile
         train_runners.append(ours_runner(compiled_model, setting, name="ours_compiled"))
         before = dynamo_counts()
         print("compiling path (1): warm-up over every timed batch, so each batch width compiles before timing",
@@ -565,7 +584,7 @@ def eval_section(run, paths):
                                  cache_dir=args.cache_dir)
         if args.eval_examples and args.eval_examples < len(features):
             keep = torch.randperm(len(features), generator=generator)[:args.eval_examples].sort().values
-            features = multitask.take_examples(features, keep)  # in file order: the original evaluated in file order
+            features = take_examples(features, keep)  # in file order: the original evaluated in file order
         eval_sets.append((t, features))
     print(f"{time.strftime('%H:%M:%S')} timed: eval ({len(runners)} paths x {args.repeats} rounds x "
           f"{sum(len(f) for _, f in eval_sets)} dev examples)", flush=True)
@@ -607,8 +626,8 @@ def pals_section(run):
     args, setting = run.args, run.setting
     pals_config = modeling_pals.BertConfig.from_dict({**run.config.to_dict(), "our_attn": False})  # PAL width 204
     sizes = [len(f) for f in setting.train_sets]
-    timed = draw_batches(sizes, args.steps, args.seed, multitask.embert_alpha)  # PALs anneal as EmBERT
-    warmup = draw_batches(sizes, args.warmup, args.seed + 1, multitask.embert_alpha)
+    timed = draw_batches(sizes, args.steps, args.seed, embert_alpha)  # PALs anneal as EmBERT
+    warmup = draw_batches(sizes, args.warmup, args.seed + 1, embert_alpha)
     heads = [TASKS[t].num_labels for t in BENCH_TASKS]
     torch.manual_seed(args.seed)
     embert = modeling.BertForMultiTask(run.config, heads)
@@ -631,8 +650,8 @@ def pipeline_costs(setting, draws):
     """Microseconds per call of what path (1) does on the host before the model runs: the sampler's draw of a
     batch's indices, make_batch, the copy to the device (pinned, non-blocking; nothing on the CPU)."""
     sizes = [len(f) for f in setting.train_sets]
-    sampler = multitask.TaskSampler(sizes, "anneal", multitask.STEPS_PER_TASK_PER_EPOCH * len(sizes),
-                                    SEED_RUN_EPOCHS, SEED, multitask.embert_alpha)
+    sampler = TaskSampler(sizes, "anneal", STEPS_PER_TASK_PER_EPOCH * len(sizes), SEED_RUN_EPOCHS, SEED,
+                          embert_alpha)
     calls = [draws[i % len(draws)] for i in range(PIPELINE_CALLS)]
 
     def per_call(function):
@@ -644,14 +663,13 @@ def pipeline_costs(setting, draws):
         return (time.perf_counter() - start) / len(calls) * MICROSECONDS
 
     def make(draw):
-        return glue_processors.make_batch(setting.train_sets[draw.task], draw.indices,
-                                          pad_multiple=multitask.PAD_MULTIPLE)
+        return make_batch(setting.train_sets[draw.task], draw.indices, pad_multiple=PAD_MULTIPLE)
 
     batches = [make(draw) for draw in calls]
     copies = iter(batches)
     return {"sampler_next_indices": per_call(lambda draw: sampler.next_indices(draw.task, BATCH_SIZE)),
             "make_batch": per_call(make),
-            "to_device": per_call(lambda draw: multitask.to_device(next(copies), setting.device))}
+            "to_device": per_call(lambda draw: to_device(next(copies), setting.device))}
 
 
 def profile_ours(runner, draws, steps, device):
@@ -671,7 +689,7 @@ def profile_ours(runner, draws, steps, device):
     print(averages.table(sort_by=sort_key, row_limit=PROFILE_ROWS))
 
     def is_phase(key):
-        """Our labels around the batch and multitask.training_step, and torch.optim's own around its step and
+        """Our labels around the batch and train_step.training_step, and torch.optim's own around its step and
         zero_grad ("Optimizer.step#AdamW.step"): the step's forward and backward are training_step less these."""
         return key in ("make_batch", "training_step") or key.startswith(OPTIMIZER_EVENT_PREFIX)
 

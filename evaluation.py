@@ -135,7 +135,8 @@ def best_model_score(scores, overall, name, by_name):
 
 def score_record(scores, overall, problems):
     """eval_results.jsonl's (and dev_results.json's) scores: per problem and metric, each problem's score, the mean
-    score, and, while the run has GLUE tasks, the same mean as "glue_score" (the name scripts have always read)."""
+    score, and, while the run has GLUE tasks, the same mean as "glue_score" (the name scripts have always read).
+    `problems`: every problem of `scores` (and the model's)."""
     by_name = {p.name: p for p in problems}
     record = {"scores": scores, "mean_score": overall,
               "task_scores": {name: problem_score(by_name[name], m) for name, m in scores.items()}}

@@ -83,8 +83,9 @@ def _shown(labels):
 
 
 def _labelled(problem, examples):
-    """True when every example has labels, False when none has; an error for a mix."""
-    labelled = [example.label is not None for example in examples]
+    """True when every example has labels (a word input: tags), False when none has; an error for a mix."""
+    labelled = [(example.tags if isinstance(example, feats.TaggedSentence) else example.label) is not None
+                for example in examples]
     if any(labelled) and not all(labelled):
         raise ValueError(f"{problem.name}: some examples have labels and some do not")
     return all(labelled)
@@ -379,9 +380,7 @@ class SequenceTaggingType(ProblemType):
 
     def encode_labels(self, problem, examples, features):
         """int64 [total tokens]: each word's label id on its first piece, IGNORE_INDEX everywhere else."""
-        if not all(example.tags is not None for example in examples):
-            if any(example.tags is not None for example in examples):
-                raise ValueError(f"{problem.name}: some examples have labels and some do not")
+        if not _labelled(problem, examples):
             return None, None
         label_ids = {label: j for j, label in enumerate(problem.labels)}
         token_labels = torch.full((features.input_ids.numel(),), IGNORE_INDEX, dtype=torch.int64)
@@ -455,8 +454,8 @@ class MaskedLMType(ProblemType):
     def default_metrics(self, labels):
         return MASK_LM_METRICS
 
-    def label_values(self, example):
-        return ()  # labels made from the text itself
+    def check_labels(self, problem, path, examples, lines_of):
+        """Nothing to check: the labels are made from the text itself."""
 
     def encode_labels(self, problem, examples, features):
         return None, None

@@ -40,6 +40,7 @@ from checkpoints import build_model, check_model_inputs, configure_model, read_c
 from glue_processors import ALL_TASKS, TASKS
 from hardware import AUTOCAST_DTYPES, batch_padding, resolve_precision, select_device
 from methods import METHODS, Method
+from problem_record import problem_from_record
 from run_files import ARGS_FILE, BEST_MODEL, CONFIG_FILE, VOCAB_FILE, fail, save_json, write_atomic
 
 SUBMISSION_ZIP, DEV_RESULTS = "submission.zip", "dev_results.json"
@@ -221,7 +222,7 @@ def load_run_directory(args):
         fail(f"--model {args.model} disagrees with {config_path}, which says {name}")
     method, heads = METHODS[name], record["task_names"]
     try:
-        user_problems = {n: problems.problem_from_record(r) for n, r in record.get("problems", {}).items()}
+        user_problems = {n: problem_from_record(r) for n, r in record.get("problems", {}).items()}
         table = {task: problems.get_problem(task, user_problems) for task in heads}
     except (KeyError, TypeError, ValueError) as err:
         fail(f"{config_path}: its problems cannot be rebuilt ({err})")
@@ -464,7 +465,8 @@ def main(args):
         head_scores = {t: s for t, s in scores.items() if t in loaded.heads}
         overall = evaluation.mean_score(head_scores, by_name) if head_scores else None
         save_json({"model_dir": str(Path(args.model_dir).absolute()),
-                   **evaluation.score_record(scores, overall, [loaded.problem(t) for t in loaded.heads])},
+                   **evaluation.score_record(scores, overall,
+                                             [loaded.problem(t) for t in dict.fromkeys([*loaded.heads, *scores])])},
                   output_dir / DEV_RESULTS)
         label = evaluation.overall_label([loaded.problem(t) for t in loaded.heads])
         print(f"dev: {evaluation.format_scores(scores, overall, label)}" if head_scores else f"dev: {scores}")
