@@ -235,20 +235,19 @@ class DecoderCache:
     fused: list | None = None  # per layer its self-attention's fused projection (DecoderAttention.fused), made once
     length: int = 0  # positions cached
     prefix: torch.Tensor | None = None  # uncached: the tokens so far, (R, t)
-    beams: int = 1
 
     @classmethod
     def start(cls, head, memory, beams, max_length, use_cache=True):
+        """The cache of `beams` rows per example of `memory`, for up to max_length positions."""
         cross = [tuple(x.repeat_interleave(beams, dim=0) for x in kv) for kv in head.cross_keys_values(memory)]
         key_mask = memory.key_mask.repeat_interleave(beams, dim=0)
         rows = key_mask.shape[0]
         if not use_cache:
-            return cls(cross, key_mask, None, None, prefix=key_mask.new_zeros(rows, 0, dtype=torch.int64),
-                       beams=beams)
+            return cls(cross, key_mask, None, None, prefix=key_mask.new_zeros(rows, 0, dtype=torch.int64))
         k = cross[0][0]  # (R, nh, S, hs): the cache's heads, head size and dtype
         shape = (rows, k.shape[1], max_length, k.shape[-1])
         return cls(cross, key_mask, [k.new_empty(shape) for _ in head.layer], [k.new_empty(shape) for _ in head.layer],
-                   [layer.attention.self.fused() for layer in head.layer], beams=beams)
+                   [layer.attention.self.fused() for layer in head.layer])
 
     def append(self, index, k, v):
         """Layer `index`'s keys and values of the new position (R, nh, 1, hs) -> those of every position so far."""

@@ -7,6 +7,8 @@
     seq_tag     TokenHead (tokens)      token_labels int64 [total tokens]  argmax per token       .conll
     mask_lm     MaskedLMHead (masked)   masked afresh every step           sums over masked       none
     pretrain    PreTrainingHead         NSP labels int64 [N]; masked too   sums over masked       none
+    seq2seq_*   Seq2SeqHead (tokens)    labels int64 [N, T]: start, target generation (greedy,  .tsv
+                                        tokens, end, IGNORE_INDEX after    beam search)
 
 A type object says what its head reads and builds it, its loss and how the loss is normalised (per example, or over
 the step's labelled tokens), how its labels are parsed, checked, encoded and batched, how predictions are made from
