@@ -278,7 +278,7 @@ class Plan:
     @property
     def row_of(self):
         """Each head's task row: its group."""
-        return [g for g, group in enumerate(self.groups) for _ in group]
+        return problems.group_rows(self.groups)
 
     @property
     def group_names(self):

@@ -235,6 +235,8 @@ class ProblemType:
     def score(self, problem, values):
         """One problem's score for the best-model choice (higher is better): GLUE rows the mean of their metrics,
         others the first."""
+        if not values:
+            raise ValueError(f"{problem.name}: a score needs at least one metric")
         return metrics.mean_of(values) if problem.score_rule == "mean" else next(iter(values.values()))
 
     def prediction_strings(self, problem, predictions):

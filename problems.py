@@ -116,6 +116,11 @@ def resolve_groups(spec, task_id=None, user_problems=None):
     return groups
 
 
+def group_rows(groups):
+    """Each head's task row, from the groups in head order: [["a", "b"], ["c"]] (or head indices) -> [0, 0, 1]."""
+    return [row for row, group in enumerate(groups) for _ in group]
+
+
 def group_name(group):
     """A group's name in logs (task_counts): its problems joined by "&"."""
     return SAME_INPUTS.join(group)

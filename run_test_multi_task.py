@@ -237,7 +237,7 @@ def load_run_directory(args):
         fail(f"--max_seq_length {max_seq_length}: Gated-BERT's gate reads exactly the {record['max_seq_length']} "
              f"tokens it was trained with ({config_path})")
     groups = record.get("task_groups")
-    row_of = list(range(len(heads))) if groups is None else [g for g, group in enumerate(groups) for _ in group]
+    row_of = problems.group_rows([[name] for name in heads] if groups is None else groups)
     if groups is not None and [name for group in groups for name in group] != heads:
         fail(f"{config_path}: task_groups {groups} do not list the heads {heads} in order")
     state, _, checkpoint = read_mapped_state(checkpoint)
@@ -284,7 +284,8 @@ def load_checkpoint_file(args):
     elif name == "pals":  # the PAL width is a shape only (the original's --h_aug): take the checkpoint's
         config = configure_model(method, config, max_seq_length, pals_width)
     return LoadedModel(load_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
-                       bool(args.do_lower_case), max_seq_length, {}, {}, list(range(len(heads))))
+                       bool(args.do_lower_case), max_seq_length, {}, {},
+                       problems.group_rows([[name] for name in heads]))
 
 
 # ------------------------------------------------------------------------------------------------ submission files

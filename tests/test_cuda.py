@@ -15,17 +15,20 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+import hardware
 import modeling
 import modeling_gated
 import modeling_pals
 import multitask
 import optimization
+import run_files
 import run_multi_task
 import run_multi_task_gated
 import run_test_multi_task
 from conftest import ROOT, fixture_glue_dir, minilm_dir
+from features import make_batch
+from glue_processors import load_features
 from helpers import interrupt_at_step, read_jsonl
-from glue_processors import load_features, make_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICE = torch.device("cuda")
@@ -61,10 +64,11 @@ def build(module, our_attn=True):
 
 
 def forward_backward(model, batch, task_id, device, dtype=None):
-    batch = multitask.to_device(batch, device)
+    batch = hardware.to_device(batch, device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        logits, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                             labels=batch["labels"], token_index=batch.get("token_index"))
+        output = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                       labels=[batch["labels"]], token_index=batch.get("token_index"))
+    logits, loss = output.logits[0], output.losses[0]
     model.zero_grad()
     loss.backward()
     return logits.float(), loss.float(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -117,12 +121,12 @@ def test_packed_equals_padded_on_cuda():
 
 
 def test_compiled_encoder_with_cuda_graphs_equals_eager():
-    """multitask.compile_encoder (--compile): the graphs' logits and gradients are eager's, in fp32, over three
+    """hardware.compile_encoder (--compile): the graphs' logits and gradients are eager's, in fp32, over three
     passes of three batch widths (the first pass compiles, the second records the graphs, the third replays them)."""
     device = DEVICE
     eager = build(modeling).to(device)
     compiled = copy.deepcopy(eager)
-    multitask.compile_encoder(compiled, device)
+    hardware.compile_encoder(compiled, device)
     skips = counters["inductor"]["cudagraph_skips"]
     batches = [(real_batch(task), task_id) for task, task_id in (("rte", 0), ("cola", 1), ("sts", 2))]
     assert len({b["input_ids"].shape[1] for b, _ in batches}) == 3
@@ -178,7 +182,7 @@ def test_training_and_predicting_on_cuda(method, tmp_path):
     out = tmp_path / "run"
     train(command(method, out, tmp_path), method)
     args = json.loads((out / "args.json").read_text())
-    assert args["precision"] == multitask.resolve_precision("auto", DEVICE)
+    assert args["precision"] == hardware.resolve_precision("auto", DEVICE)
     losses = [r["loss"] for r in read_jsonl(out / "train_log.jsonl") if "loss" in r]
     assert len(losses) == 60 and all(0 < loss < 1e3 for loss in losses)
     checkpoint = torch.load(out / "last_checkpoint.pth", weights_only=False)
@@ -188,7 +192,7 @@ def test_training_and_predicting_on_cuda(method, tmp_path):
     predicted = tmp_path / "dev"
     run_test_multi_task.main(run_test_multi_task.parse_args(
         ["--model_dir", str(out), "--output_dir", str(predicted), "--split", "dev"]))
-    best = [r for r in read_jsonl(out / multitask.EVAL_LOG) if r["best"]][-1]
+    best = [r for r in read_jsonl(out / run_files.EVAL_LOG) if r["best"]][-1]
     results = json.loads((predicted / run_test_multi_task.DEV_RESULTS).read_text())
     assert results["glue_score"] == pytest.approx(best["glue_score"], abs=1e-6)  # the same batches and kernels
 
@@ -212,13 +216,13 @@ def test_ctrl_c_then_resume_on_cuda(tmp_path):
             assert y["loss"] == pytest.approx(x["loss"], rel=1e-3), x["global_step"]
 
 
-@pytest.mark.parametrize("accumulation", ["1", "2"])  # 2: compiled without CUDA graphs (multitask.compile_encoder)
+@pytest.mark.parametrize("accumulation", ["1", "2"])  # 2: compiled without CUDA graphs (hardware.compile_encoder)
 def test_compile_trains_and_saves_the_usual_parameter_names(tmp_path, accumulation):
     out = tmp_path / "compiled"
     train(command(run_multi_task, out, tmp_path, "--compile", "--gradient_accumulation_steps", accumulation),
           run_multi_task)
     assert all(0 < r["loss"] < 1e3 for r in read_jsonl(out / "train_log.jsonl") if "loss" in r)
-    assert len(read_jsonl(out / multitask.EVAL_LOG)) == 2
+    assert len(read_jsonl(out / run_files.EVAL_LOG)) == 2
     saved = torch.load(out / "best_model.pth", weights_only=True)
     config = json.loads((out / "config.json").read_text())
     expected = modeling.BertForMultiTask(modeling.BertConfig.from_dict(config), [2, 2, 2, 1, 2]).state_dict()
@@ -250,7 +254,7 @@ def test_a_state_dict_saved_from_cuda_holds_each_shared_tensor_once(tmp_path):
     config = modeling_pals.BertConfig(**SIZES, hidden_size_aug=204)
     model = modeling_pals.BertForMultiTask(config, HEADS).to(DEVICE)
     state = model.state_dict()
-    multitask.save_torch(state, tmp_path / "pals.pth")
+    run_files.save_torch(state, tmp_path / "pals.pth")
     saved = torch.load(tmp_path / "pals.pth", weights_only=True)
     for names in modeling_pals.shared_names(model.config):
         pointers = {saved[name].untyped_storage().data_ptr() for name in names}

@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+import features as feats
 import glue_processors
+import metrics
+import problem_types
 from conftest import fixture_glue_dir, shared_glue_dir, shared_glue_partial_dir
+from features import Example, Features, default_cache_dir, make_batch, truncated_pair_lengths
 from glue_processors import (
-    ALL_TASKS, INF_TASKS, STS_MAX_SCORE, TASKS, Example, Features, canonical_task_name, compute_metrics,
-    convert_examples_to_features, default_cache_dir, feature_cache_path, glue_score, load_examples, load_features,
-    make_batch, missing_files, resolve_tasks, task_file, task_score, truncated_pair_lengths,
+    ALL_TASKS, INF_TASKS, STS_MAX_SCORE, TASKS, canonical_task_name, feature_cache_path, get_task, glue_score,
+    load_examples, load_features, missing_files, resolve_tasks, task_file,
 )
+from metrics import mean_of as task_score
 
 # Official GLUE sizes (SPEC section 3) of the files in ../shared/glue.
 OFFICIAL_SIZES = {
@@ -42,6 +46,17 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
               "want", "##want", "##ed", "un", "runn", "##ing", "low", "##est", ",", "."]
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
 
+
+def convert(examples, tokenizer, max_seq_length, task, num_workers=None):
+    """A GLUE task's examples -> Features, with its type's label encoding (what load_features builds)."""
+    task = get_task(task)
+    return feats.convert_examples(task, examples, tokenizer, max_seq_length, problem_types.of(task).encode_labels,
+                                  num_workers)
+
+
+def compute_metrics(task, split, predictions, labels):
+    """metrics.compute_metrics of a GLUE task named here (it takes the Problem)."""
+    return metrics.compute_metrics(get_task(task), split, predictions, labels)
 
 
 def write_task_file(data_dir, task, split, text):
@@ -72,8 +87,8 @@ def test_labels_in_spec_order_and_regression():
     assert TASKS["rte"].labels == TASKS["qnli"].labels == ("not_entailment", "entailment")
     for name in ("cola", "mrpc", "sst", "qqp", "wnli"):
         assert TASKS[name].labels == ("0", "1") and TASKS[name].num_labels == 2
-    assert TASKS["sts"].is_regression and TASKS["sts"].labels is None and TASKS["sts"].num_labels == 1
-    assert TASKS["mnli"].num_labels == 3 and not TASKS["mnli"].is_regression
+    assert TASKS["sts"].type == "regression" and TASKS["sts"].labels is None and TASKS["sts"].num_labels == 1
+    assert TASKS["mnli"].num_labels == 3 and TASKS["mnli"].type == "cls"
     assert TASKS["ax"].labels == TASKS["mnli"].labels  # predicted with the MNLI head
 
 
@@ -87,7 +102,7 @@ def test_splits_metrics_and_submission_files():
     assert submissions == {"CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv",
                            "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"}
     assert TASKS["mnli"].submission_file("test_mismatched") == "MNLI-mm.tsv"
-    with pytest.raises(ValueError, match="task cola has no test split 'dev'"):
+    with pytest.raises(ValueError, match="problem cola has no test split 'dev'"):
         TASKS["cola"].submission_file("dev")
     metrics = {name: TASKS[name].metrics for name in TASKS}
     assert metrics["cola"] == {"dev": ("mcc",)} and metrics["mrpc"] == {"dev": ("f1", "acc")}
@@ -148,7 +163,7 @@ def test_real_file_counts_labels_and_columns(name, split):
         assert all(e.label is None for e in examples)
         # Test rows carry the file's own index: its first column, 0 .. N-1 in every GLUE test file.
         assert [e.index for e in examples] == [row[0] for row in rows] == [str(i) for i in range(len(rows))]
-    elif task.is_regression:
+    elif task.type == "regression":
         scores = [e.label for e in examples]
         assert all(0.0 <= score <= STS_MAX_SCORE for score in scores) and min(scores) == 0 and max(scores) == 5
     else:
@@ -227,7 +242,7 @@ def test_missing_data_dir_and_file_errors_show_the_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"GLUE sts dev file not found: {tmp_path / 'STS-B' / 'dev.tsv'} "
                                                 r"\(expected the glue_data layout: <data_dir>/STS-B/dev.tsv\)"):
         load_examples(tmp_path, "sts", "dev")
-    with pytest.raises(ValueError, match="task cola has no split 'dev_matched'; its splits: train, dev, test"):
+    with pytest.raises(ValueError, match="problem cola has no split 'dev_matched'; its splits: train, dev, test"):
         load_examples(tmp_path, "cola", "dev_matched")
 
 
@@ -318,7 +333,7 @@ def unpack(features, i):
 
 def test_pair_features_hand_checked(tokenizer):
     # [CLS] un ##want ##ed runn ##ing [SEP] low low ##est [SEP]; segment 0 = [CLS] A [SEP] (7 tokens), 1 = B [SEP].
-    features = convert_examples_to_features([pair("UNwanted running", "low lowest", "1")], tokenizer, 128, "mrpc")
+    features = convert([pair("UNwanted running", "low lowest", "1")], tokenizer, 128, "mrpc")
     assert unpack(features, 0) == ([CLS, 8, 6, 7, 9, 10, SEP, 11, 11, 12, SEP], 7)
     assert features.input_ids.dtype == torch.int32 and features.offsets.tolist() == [0, 11]
     assert features.segment_a_len.dtype == torch.int32 and features.lengths.tolist() == [11]
@@ -328,7 +343,7 @@ def test_pair_features_hand_checked(tokenizer):
 
 
 def test_single_sentence_features_and_truncation(tokenizer):
-    features = convert_examples_to_features(
+    features = convert(
         [pair("want , xyz", label="0"), pair("low " * 10, label="1")], tokenizer, 6, "sst")
     assert unpack(features, 0) == ([CLS, 5, 13, UNK, SEP], 5)
     assert unpack(features, 1) == ([CLS, 11, 11, 11, 11, SEP], 6)  # max_seq_length - 2 tokens of text
@@ -349,27 +364,27 @@ def test_pair_truncation_is_longest_first_one_token_at_a_time(tokenizer):
                 google_truncate_seq_pair(a, b, max_length)
                 assert truncated_pair_lengths(len_a, len_b, max_length) == (len(a), len(b))
     # 5 + 2 text tokens into 8 - 3 = 5 places: A loses 2 from its end, B keeps both.
-    features = convert_examples_to_features([pair("want want want want want", "low low")], tokenizer, 8, "rte")
+    features = convert([pair("want want want want want", "low low")], tokenizer, 8, "rte")
     assert unpack(features, 0) == ([CLS, 5, 5, 5, SEP, 11, 11, SEP], 5)
     # A tie takes from B first: 3 + 3 into 4 places -> 2 + 2; 3 + 3 into 5 -> A keeps 3, B 2.
-    features = convert_examples_to_features(
+    features = convert(
         [pair("want want want", "low low low"), pair("want want want", "low low low")], tokenizer, 7, "rte")
     assert unpack(features, 0) == ([CLS, 5, 5, SEP, 11, 11, SEP], 4)
     assert truncated_pair_lengths(3, 3, 5) == (3, 2)
     with pytest.raises(ValueError, match="max_seq_length must be at least 3"):
-        convert_examples_to_features([pair("want")], tokenizer, 2, "rte")
+        convert([pair("want")], tokenizer, 2, "rte")
 
 
 def test_labels_follow_the_table_order_and_sts_is_score_over_five(tokenizer):
-    features = convert_examples_to_features(
+    features = convert(
         [pair("a", "b", "neutral"), pair("a", "b", "contradiction"), pair("a", "b", "entailment")], tokenizer, 16,
         "mnli")
     assert features.labels.tolist() == [2, 0, 1]
-    features = convert_examples_to_features(
+    features = convert(
         [pair("a", "b", "not_entailment"), pair("a", "b", "entailment")], tokenizer, 16, "rte")
     assert features.labels.tolist() == [0, 1]
     examples = load_examples(fixture_glue_dir(), "sts", "train")
-    features = convert_examples_to_features(examples, tokenizer, 32, "sts")
+    features = convert(examples, tokenizer, 32, "sts")
     assert features.labels.dtype == torch.float32
     assert torch.equal(features.labels, torch.tensor([e.label / 5 for e in examples], dtype=torch.float32))
     assert features.labels[0].item() == 1.0  # "5.000"
@@ -377,17 +392,17 @@ def test_labels_follow_the_table_order_and_sts_is_score_over_five(tokenizer):
 
 def test_test_split_features_carry_the_index_and_no_labels(tokenizer):
     examples = load_examples(fixture_glue_dir(), "qqp", "test")
-    features = convert_examples_to_features(examples, tokenizer, 32, "qqp")
+    features = convert(examples, tokenizer, 32, "qqp")
     assert features.labels is None and features.index == [e.index for e in examples] == [str(i) for i in range(9)]
     assert "labels" not in make_batch(features, [0, 1])
 
 
 def test_parallel_and_single_process_features_are_identical(tokenizer, monkeypatch):
     examples = load_examples(fixture_glue_dir(), "rte", "train") + load_examples(fixture_glue_dir(), "rte", "dev")
-    single = convert_examples_to_features(examples, tokenizer, 64, "rte", num_workers=1)
-    monkeypatch.setattr(glue_processors, "PARALLEL_MIN_EXAMPLES", 0)
-    monkeypatch.setattr(glue_processors, "WORKER_CHUNK_EXAMPLES", 50)  # 8 chunks over 2 workers
-    parallel = convert_examples_to_features(examples, tokenizer, 64, "rte", num_workers=2)
+    single = convert(examples, tokenizer, 64, "rte", num_workers=1)
+    monkeypatch.setattr(feats, "PARALLEL_MIN_EXAMPLES", 0)
+    monkeypatch.setattr(feats, "WORKER_CHUNK_EXAMPLES", 50)  # 8 chunks over 2 workers
+    parallel = convert(examples, tokenizer, 64, "rte", num_workers=2)
     for name in ("input_ids", "offsets", "segment_a_len", "labels"):
         assert torch.equal(getattr(single, name), getattr(parallel, name)), name
 
@@ -411,7 +426,7 @@ def test_cache_hit_does_not_tokenize(tmp_path, vocab_file, monkeypatch):
         raise AssertionError("a cache hit must not read examples or tokenize")
     monkeypatch.setattr(glue_processors, "FullTokenizer", no_tokenizing)
     monkeypatch.setattr(glue_processors, "load_examples", no_tokenizing)
-    monkeypatch.setattr(glue_processors, "convert_examples_to_features", no_tokenizing)
+    monkeypatch.setattr(feats, "convert_examples", no_tokenizing)
     loaded = load_features(data_dir, "cola", "train", vocab_file, True, 32, cache_dir=cache_dir)
     for name in ("input_ids", "offsets", "segment_a_len", "labels"):
         assert torch.equal(getattr(built, name), getattr(loaded, name))
@@ -429,12 +444,12 @@ def test_cache_misses_when_any_input_changes(tmp_path, vocab_file, monkeypatch):
     data_dir = copy_fixture_task(tmp_path, "CoLA")
     cache_dir = tmp_path / "cache"
     builds = []
-    real_convert = glue_processors.convert_examples_to_features
+    real_convert = feats.convert_examples
 
     def counting_convert(*args, **kwargs):
         builds.append(1)
         return real_convert(*args, **kwargs)
-    monkeypatch.setattr(glue_processors, "convert_examples_to_features", counting_convert)
+    monkeypatch.setattr(feats, "convert_examples", counting_convert)
 
     def load(**changes):
         settings = dict(vocab_file=vocab_file, do_lower_case=True, max_seq_length=32) | changes
@@ -472,7 +487,7 @@ def test_damaged_cache_file_is_rebuilt(tmp_path, vocab_file, caplog):
     built = load_features(data_dir, "cola", "dev", vocab_file, True, 32, cache_dir=cache_dir)
     (cache_file,) = cache_dir.iterdir()
     cache_file.write_bytes(b"not a torch file")
-    with caplog.at_level(logging.WARNING, logger="glue_processors"):
+    with caplog.at_level(logging.WARNING, logger="features"):
         rebuilt = load_features(data_dir, "cola", "dev", vocab_file, True, 32, cache_dir=cache_dir)
     assert "ignoring unreadable feature cache" in caplog.text and str(cache_file) in caplog.text
     assert torch.equal(built.input_ids, rebuilt.input_ids)
@@ -482,7 +497,7 @@ def test_unwritable_cache_warns_and_still_returns_features(tmp_path, vocab_file,
     data_dir = copy_fixture_task(tmp_path, "CoLA")
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    with caplog.at_level(logging.WARNING, logger="glue_processors"):
+    with caplog.at_level(logging.WARNING, logger="features"):
         features = load_features(data_dir, "cola", "dev", vocab_file, True, 32, cache_dir=not_a_folder / "cache")
     assert len(features) == FIXTURE_ROWS["cola", "dev"]
     assert f"could not cache it in {not_a_folder / 'cache'}" in caplog.text
@@ -605,9 +620,9 @@ def test_task_and_glue_scores():
 
 @pytest.mark.filterwarnings("ignore:A single label was found")  # scikit-learn, on the one-class case below
 def test_metric_errors():
-    with pytest.raises(ValueError, match="task mnli has no metrics for split 'dev'"):
+    with pytest.raises(ValueError, match="problem mnli has no metrics for split 'dev'"):
         compute_metrics("mnli", "dev", [0], [0])
-    with pytest.raises(ValueError, match="task ax has no metrics for split 'test'"):
+    with pytest.raises(ValueError, match="problem ax has no metrics for split 'test'"):
         compute_metrics("ax", "test", [0], [0])
     with pytest.raises(ValueError, match=r"predictions \(2,\) and labels \(3,\)"):
         compute_metrics("rte", "dev", [0, 1], [0, 1, 1])

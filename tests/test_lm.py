@@ -12,18 +12,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoints
+import evaluation
+import features as feats
 import glue_processors
+import masking
 import modeling
-import multitask
+import pku
+import problem_record
+import problem_types
 import problems
+import train_step
 from conftest import FIXTURES, ROOT, fixture_glue_dir, minilm_dir, require
-from glue_processors import IGNORE_INDEX, Example, Features, Problem, make_batch
+from features import IGNORE_INDEX, Example, Features, make_batch
+from heads import PreTrainingLogits
 from helpers import TINY, write_problems
-from modeling import LOSSES, BertConfig, BertForMultiTask
-from problems import (
-    MASK_RATE, MASK_TOKEN_SHARE, NSP_IS_NEXT, NSP_RANDOM, NSP_RANDOM_SHARE, RANDOM_TOKEN_SHARE, Masking, get_problem,
-    mask_tokens, next_sentence_examples, read_examples, read_problems_file, resolve_groups, seeded_generator,
+from masking import (
+    MASK_RATE, MASK_TOKEN_SHARE, NSP_IS_NEXT, NSP_RANDOM, NSP_RANDOM_SHARE, RANDOM_TOKEN_SHARE, Masking, mask_tokens,
+    next_sentence_examples, seeded_generator,
 )
+from modeling import BertConfig, BertForMultiTask
+from problem_record import Problem
+from problem_types import TYPES
+from problems import get_problem, read_examples, resolve_groups
+from problems_file import read_problems_file
 from tokenization import FullTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,12 +96,12 @@ def tiny_config(**overrides):
     return BertConfig(**{**TINY, **overrides})
 
 
-def tiny_model(problem_types, seed=0):
+def tiny_model(kinds, seed=0):
     """A fresh tiny model in eval mode with a head per problem type (2 classes for the others; an LM problem's
     classifier slot is empty, as Problem.num_labels 0 gives it)."""
     torch.manual_seed(seed)
-    num_labels = [0 if kind in modeling.LM_TYPES else 2 for kind in problem_types]
-    return BertForMultiTask(tiny_config(), num_labels, problem_types).eval()
+    num_labels = [0 if TYPES[kind].reads == "masked" else 2 for kind in kinds]
+    return BertForMultiTask(tiny_config(), num_labels, kinds).eval()
 
 
 def random_rows(lengths, seed, low=FIRST_WORD_ID, high=TINY["vocab_size"]):
@@ -99,10 +111,10 @@ def random_rows(lengths, seed, low=FIRST_WORD_ID, high=TINY["vocab_size"]):
 
 
 def masked_batch(features, seed):
-    """mask_tokens + make_batch + with_masked_positions, as multitask.training_batch builds an LM batch; and the
+    """mask_tokens + make_batch + with_masked_positions, as train_step.training_batch builds an LM batch; and the
     masked features."""
     masked = mask_tokens(features, TINY_MASKING, seeded_generator(seed))
-    return multitask.with_masked_positions(make_batch(masked, torch.arange(len(features)))), masked
+    return masking.with_masked_positions(make_batch(masked, torch.arange(len(features)))), masked
 
 
 def hf_bert_for_pretraining(seed=0):
@@ -162,8 +174,7 @@ def real_pairs_and_singles(minilm_tokenizer):
     examples = [*glue_processors.load_examples(glue, "mrpc", "train"),
                 *glue_processors.load_examples(glue, "sst", "train"),
                 *glue_processors.load_examples(glue, "sst", "dev"), Example("empty-0", "", None, "0")]
-    ids, offsets, segment_a = glue_processors.pack_texts(examples, minilm_tokenizer, REAL_MAX_SEQ_LENGTH,
-                                                         num_workers=1)
+    ids, offsets, segment_a = feats.pack_texts(examples, minilm_tokenizer, REAL_MAX_SEQ_LENGTH, num_workers=1)
     return Features(input_ids=ids, offsets=offsets, segment_a_len=segment_a, labels=None)
 
 
@@ -258,7 +269,7 @@ def test_masking_draws_every_position_of_a_text_alike(real_sentences, minilm_tok
 
 
 def test_masking_is_fixed_by_its_seed(long_real_texts, minilm_masking):
-    features = multitask.take_examples(long_real_texts, torch.arange(200))  # ~20k pieces
+    features = feats.take_examples(long_real_texts, torch.arange(200))  # ~20k pieces
     first = mask_tokens(features, minilm_masking, seeded_generator(SEED, 7, 0))
     again = mask_tokens(features, minilm_masking, seeded_generator(SEED, 7, 0))
     assert torch.equal(first.input_ids, again.input_ids) and torch.equal(first.token_labels, again.token_labels)
@@ -281,7 +292,7 @@ def test_masked_tokens_survive_batching(real_pairs_and_singles, minilm_masking):
     masked = mask_tokens(features, minilm_masking, seeded_generator(SEED, 4))
     indices = torch.randperm(len(features), generator=torch.Generator().manual_seed(SEED))[:40]
     plain = make_batch(features, indices)
-    batch = multitask.with_masked_positions(make_batch(masked, indices))
+    batch = masking.with_masked_positions(make_batch(masked, indices))
     assert "token_labels" not in batch
     real_now = batch["input_ids"].flatten()[batch["token_index"]]  # (N,)
     real_before = plain["input_ids"].flatten()[plain["token_index"]]
@@ -308,7 +319,7 @@ def test_lm_heads_load_from_hugging_face_bert_for_pretraining_and_give_its_logit
     reference = hf_bert_for_pretraining()
     state = reference.state_dict()
     model = tiny_model(["cls", kind], seed=1)
-    fresh = modeling.load_mapped_state(model, modeling.map_state_dict(state), "hf")
+    fresh = checkpoints.load_mapped_state(model, checkpoints.map_state_dict(state), "hf")
     assert fresh == ["classifier.0.weight", "classifier.0.bias"]  # the cls problem's head; all of `cls` loaded
     own = model.state_dict()
     for key, value in own.items():
@@ -320,13 +331,13 @@ def test_lm_heads_load_from_hugging_face_bert_for_pretraining_and_give_its_logit
     features = packed(random_rows([9, 5, 12, 7], seed=3), segment_a=[5, 5, 6, 7])  # three pairs, one single
     batch, _ = masked_batch(features, seed=3)
     with torch.no_grad():
-        logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 1,
-                          token_index=batch["token_index"], masked_index=batch["masked_index"])
+        logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 1,
+                       token_index=batch["token_index"], masked_index=batch["masked_index"]).logits[0]
         expected = reference(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
                              attention_mask=batch["attention_mask"])
     words = expected.prediction_logits.flatten(0, 1)[batch["token_index"]][batch["masked_index"]]  # (M, V)
     if kind == "pretrain":
-        logits, next_sentence = logits
+        logits, next_sentence = logits.masked_lm, logits.next_sentence
         torch.testing.assert_close(next_sentence, expected.seq_relationship_logits, rtol=0, atol=EQUAL_ATOL)
     assert logits.shape == (batch["masked_index"].numel(), TINY["vocab_size"])
     torch.testing.assert_close(logits, words, rtol=0, atol=EQUAL_ATOL)
@@ -338,9 +349,9 @@ def test_google_style_names_of_the_heads_map_too():
     old_names = lambda key: ("module." + key).replace("LayerNorm.weight", "LayerNorm.gamma").replace(  # noqa: E731
         "LayerNorm.bias", "LayerNorm.beta")
     renamed = {old_names(key): value for key, value in state.items()}
-    mapped = modeling.map_state_dict(renamed)
+    mapped = checkpoints.map_state_dict(renamed)
     model = tiny_model(["pretrain"])
-    assert modeling.load_mapped_state(model, mapped, "google") == []
+    assert checkpoints.load_mapped_state(model, mapped, "google") == []
     assert torch.equal(model.cls.predictions.transform.LayerNorm.weight,
                        state["cls.predictions.transform.LayerNorm.weight"])
     assert "cls.predictions.decoder.weight" not in mapped and "cls.predictions.decoder.bias" not in mapped
@@ -361,8 +372,9 @@ def test_mlm_decoder_is_the_word_embedding_matrix():
     batch, _ = masked_batch(packed(rows), seed=5)
     unseen = torch.arange(FIRST_WORD_ID + 20, TINY["vocab_size"])
     unseen = unseen[~torch.isin(unseen, batch["input_ids"])]
-    _, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 0,
-                    batch["masked_labels"], token_index=batch["token_index"], masked_index=batch["masked_index"])
+    loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 0,
+                 [batch["masked_labels"]], token_index=batch["token_index"],
+                 masked_index=batch["masked_index"]).losses[0]
     loss.backward()
     # Rows of pieces absent from the input get a gradient only through the decoder: it reads the embeddings.
     assert model.bert.embeddings.word_embeddings.weight.grad[unseen].abs().sum(1).gt(0).all()
@@ -373,32 +385,32 @@ def test_mlm_decoder_is_the_word_embedding_matrix():
     args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 0)
     kwargs = dict(token_index=batch["token_index"], masked_index=batch["masked_index"])
     with torch.no_grad():
-        before, _ = model(*args, **kwargs)
+        before = model(*args, **kwargs).logits[0]
         # not a constant: the head's LayerNorm output sums to 0 at initialisation (weight 1, bias 0), so a constant
         # added to a row would leave its logit as it was
         model.bert.embeddings.word_embeddings.weight[piece] += torch.randn(
             hidden, generator=torch.Generator().manual_seed(5))
-        after, _ = model(*args, **kwargs)
+        after = model(*args, **kwargs).logits[0]
     differs = (after - before).abs().gt(1e-6).any(0)
     assert differs.nonzero().squeeze(1).tolist() == [piece]
 
 
 def test_models_without_lm_problems_load_a_pretraining_checkpoint_and_ignore_its_heads():
-    state = modeling.map_state_dict(hf_bert_for_pretraining().state_dict())
+    state = checkpoints.map_state_dict(hf_bert_for_pretraining().state_dict())
     plain = tiny_model(["cls", "seq_tag"])
     assert not hasattr(plain, "cls")
-    assert sorted(modeling.unused_pretraining_heads(plain, state)) == sorted(k for k in state if k.startswith("cls."))
-    fresh = modeling.load_mapped_state(plain, state, "hf")
+    assert sorted(checkpoints.unused_pretraining_heads(plain, state)) == sorted(k for k in state if k.startswith("cls."))
+    fresh = checkpoints.load_mapped_state(plain, state, "hf")
     assert fresh == ["classifier.0.weight", "classifier.0.bias", "classifier.1.weight", "classifier.1.bias"]
     assert torch.equal(plain.bert.embeddings.word_embeddings.weight, state["bert.embeddings.word_embeddings.weight"])
     masked_lm = tiny_model(["mask_lm"])  # no next-sentence head: seq_relationship is not its
-    assert modeling.unused_pretraining_heads(masked_lm, state) == ["cls.seq_relationship.weight",
+    assert checkpoints.unused_pretraining_heads(masked_lm, state) == ["cls.seq_relationship.weight",
                                                                    "cls.seq_relationship.bias"]
-    assert modeling.load_mapped_state(masked_lm, state, "hf") == []
+    assert checkpoints.load_mapped_state(masked_lm, state, "hf") == []
     # A checkpoint without heads (a bare encoder, like MiniLM's) leaves `cls` fresh.
     encoder_only = {key: value for key, value in state.items() if not key.startswith("cls.")}
     fresh_lm = tiny_model(["mask_lm"])
-    assert modeling.load_mapped_state(fresh_lm, encoder_only, "encoder") == [
+    assert checkpoints.load_mapped_state(fresh_lm, encoder_only, "encoder") == [
         name for name in fresh_lm.state_dict() if name.startswith("cls.")]
 
 
@@ -517,7 +529,7 @@ def test_pku_pretrain_paragraphs_are_documents():
                              len(examples))
     assert 0.05 < len(dev) / (len(train) + len(dev)) < 0.2  # a tenth of the paragraphs
     paragraph = {}
-    for number, words in problems.pku_sentences(PKU_FILE):
+    for number, words in pku.pku_sentences(PKU_FILE):
         paragraph.setdefault(number, []).append("".join(word for word, _ in words))
     for example in dev[:500]:
         sentences = paragraph[line(example)]
@@ -556,15 +568,16 @@ def test_group_loss_of_a_mask_lm_batch_is_its_loss_table_entry():
     model = tiny_model(["cls", "mask_lm", "pretrain"], seed=2)
     batch, _ = masked_batch(packed(random_rows([11, 6, 9], seed=6)), seed=6)
     inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-    labels = multitask.batch_labels(batch)
-    assert labels is batch["masked_labels"]  # no NSP labels: a mask_lm batch
+    labels = TYPES["mask_lm"].masked_labels(batch)
+    assert labels is batch["masked_labels"] and "labels" not in batch  # no NSP labels: a mask_lm batch
     with torch.no_grad():
-        logits, losses = model(*inputs, 1, [labels], token_index=batch["token_index"], heads=[1],
-                               masked_index=batch["masked_index"])
-        alone, alone_loss = model(*inputs, 1, labels, token_index=batch["token_index"],
-                                  masked_index=batch["masked_index"])
+        output = model(*inputs, 1, [labels], token_index=batch["token_index"], heads=[1],
+                       masked_index=batch["masked_index"])
+        logits, losses = output.logits, output.losses
+        output = model(*inputs, 1, [labels], token_index=batch["token_index"], masked_index=batch["masked_index"])
+        alone, alone_loss = output.logits[0], output.losses[0]
     assert logits[0].shape == (labels.numel(), TINY["vocab_size"])
-    torch.testing.assert_close(losses[0], LOSSES["mask_lm"](logits[0], labels), rtol=0, atol=0)
+    torch.testing.assert_close(losses[0], TYPES["mask_lm"].loss(logits[0], labels), rtol=0, atol=0)
     torch.testing.assert_close(losses[0], hand_cross_entropy(logits[0], labels), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(alone_loss, losses[0], rtol=0, atol=EQUAL_ATOL)
     torch.testing.assert_close(alone, logits[0], rtol=0, atol=EQUAL_ATOL)
@@ -576,16 +589,18 @@ def test_pretrain_loss_is_masked_lm_plus_next_sentence_cross_entropy():
     features = packed(random_rows([11, 6, 9, 14], seed=7), segment_a=[6, 3, 5, 8], labels=next_labels)
     batch, masked = masked_batch(features, seed=7)
     assert torch.equal(masked.labels, next_labels)  # masking keeps the NSP labels
-    labels = multitask.batch_labels(batch)
+    labels = TYPES["pretrain"].masked_labels(batch)
     assert labels[0] is batch["masked_labels"] and torch.equal(labels[1], next_labels)
     with torch.no_grad():
-        (logits,), (loss,) = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 2, [labels],
-                                   token_index=batch["token_index"], heads=[2], masked_index=batch["masked_index"])
-    words, next_sentence = logits
+        output = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 2, [labels],
+                       token_index=batch["token_index"], heads=[2], masked_index=batch["masked_index"])
+    (logits,), (loss,) = output.logits, output.losses
+    assert isinstance(logits, PreTrainingLogits)
+    words, next_sentence = logits.masked_lm, logits.next_sentence
     assert next_sentence.shape == (len(features), modeling.NSP_CLASSES)
     by_hand = hand_cross_entropy(words, labels[0]) + hand_cross_entropy(next_sentence, next_labels)
     torch.testing.assert_close(loss, by_hand, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(loss, LOSSES["pretrain"](logits, labels), rtol=0, atol=0)
+    torch.testing.assert_close(loss, TYPES["pretrain"].loss(logits, labels), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["mask_lm", "pretrain"])
@@ -599,16 +614,16 @@ def test_micro_batches_with_step_denominators_train_as_one_batch(kind):
     micro = [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])]  # 6 + 1 + 1 masked tokens against 3 + 1 + 2
     counts = [[int(chosen_per_text(features, masked)[indices].sum())] for indices in micro]  # per micro-batch
     assert counts[0] != counts[1]
-    denominators = multitask.token_denominators(counts, world_size=1)
+    denominators = train_step.token_denominators(counts, world_size=1)
     assert denominators == [sum(c[0] for c in counts) / len(micro)]
 
     def loss_of(indices, denominator):
-        batch = multitask.with_masked_positions(make_batch(masked, indices))
+        batch = masking.with_masked_positions(make_batch(masked, indices))
         with torch.no_grad():
-            _, loss = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 0,
-                            multitask.batch_labels(batch), token_index=batch["token_index"],
-                            masked_index=batch["masked_index"], denominators=denominator)
-        return loss
+            output = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 0,
+                           [TYPES[kind].masked_labels(batch)], token_index=batch["token_index"],
+                           masked_index=batch["masked_index"], denominators=[denominator])
+        return output.losses[0]
 
     step = sum(loss_of(i, denominators[0]) for i in micro) / len(micro)
     whole = loss_of(torch.arange(len(features)), None)  # one batch: the plain mean
@@ -617,7 +632,7 @@ def test_micro_batches_with_step_denominators_train_as_one_batch(kind):
 
 def test_masked_lm_loss_of_a_batch_with_nothing_masked_is_zero():
     empty = torch.zeros(0, TINY["vocab_size"], requires_grad=True)
-    loss = LOSSES["mask_lm"](empty, torch.zeros(0, dtype=torch.int64))
+    loss = TYPES["mask_lm"].loss(empty, torch.zeros(0, dtype=torch.int64))
     assert loss.item() == 0.0 and not torch.isnan(loss)
     loss.backward()  # and trains nothing, without NaN gradients
     assert torch.equal(empty.grad, torch.zeros_like(empty))
@@ -626,7 +641,7 @@ def test_masked_lm_loss_of_a_batch_with_nothing_masked_is_zero():
 def test_take_examples_gives_the_drawn_examples_as_features():
     features = packed(random_rows([5, 9, 4, 7], seed=8), segment_a=[5, 4, 4, 3], labels=torch.tensor([0, 1, 1, 0]))
     indices = torch.tensor([3, 1, 3])
-    taken = multitask.take_examples(features, indices)
+    taken = feats.take_examples(features, indices)
     assert len(taken) == 3
     for i, j in enumerate(indices.tolist()):
         assert torch.equal(taken.input_ids[taken.offsets[i]:taken.offsets[i + 1]],
@@ -678,20 +693,20 @@ def test_every_problem_has_a_masked_lm_twin():
 # ---- metrics and model selection ----------------------------------------------------------------------------------
 
 def direct_statistics(model, features, task_id):
-    """Sums over the masked tokens (and pairs) computed one example at a time: what lm_statistics must add up."""
+    """Sums over the masked tokens (and pairs) computed one example at a time: what predict_split must add up."""
     total = dict(masked=0, loss=0.0, correct=0, pairs=0, next_correct=0)
     with torch.no_grad():
         for i in range(len(features)):
-            batch = multitask.with_masked_positions(make_batch(features, [i]))
-            logits, _ = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
-                              masked_index=batch["masked_index"])
-            words = logits[0] if isinstance(logits, tuple) else logits
+            batch = masking.with_masked_positions(make_batch(features, [i]))
+            logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], task_id,
+                           masked_index=batch["masked_index"]).logits[0]
+            words = logits.masked_lm if isinstance(logits, PreTrainingLogits) else logits
             total["masked"] += batch["masked_labels"].numel()
             total["loss"] += F.cross_entropy(words, batch["masked_labels"], reduction="sum").item()
             total["correct"] += (words.argmax(-1) == batch["masked_labels"]).sum().item()
-            if isinstance(logits, tuple):
+            if isinstance(logits, PreTrainingLogits):
                 total["pairs"] += 1
-                total["next_correct"] += (logits[1].argmax(-1) == batch["labels"]).sum().item()
+                total["next_correct"] += (logits.next_sentence.argmax(-1) == batch["labels"]).sum().item()
     return total
 
 
@@ -706,19 +721,20 @@ def test_lm_statistics_give_accuracy_and_perplexity_over_the_masked_tokens(kind)
         model.cls.predictions.bias[frequent] += 5.0
     next_labels = torch.tensor([0, 1, 1, 0, 1, 0, 0]) if kind == "pretrain" else None
     features = packed(rows, segment_a=[len(row) // 2 for row in rows], labels=next_labels)
-    masked = mask_tokens(features, TINY_MASKING, seeded_generator(multitask.DEV_MASKING_SEED))
-    statistics = multitask.lm_statistics(model, masked, 0, batch_size=3, device=torch.device("cpu"))
-    # the same through the group path (a chained run names the head)
-    assert multitask.lm_statistics(model, masked, 0, batch_size=4, device=torch.device("cpu"), head=0) == \
+    masked = mask_tokens(features, TINY_MASKING, seeded_generator(masking.DEV_MASKING_SEED))
+    problem = Problem("lm", "", {"dev": problem_record.TextSplit("dev.txt")}, None,
+                      {"dev": problem_types.MASK_LM_METRICS if kind == "mask_lm" else problem_types.PRETRAIN_METRICS},
+                      type=kind)
+    statistics = evaluation.predict_split(model, problem, masked, 0, 0, batch_size=3, device=torch.device("cpu"))
+    assert list(statistics) == list(problem_types.LM_STATISTICS)
+    # the same in batches of another size
+    assert evaluation.predict_split(model, problem, masked, 0, 0, batch_size=4, device=torch.device("cpu")) == \
         pytest.approx(statistics, rel=1e-6)
     direct = direct_statistics(model, masked, 0)
     assert statistics["masked"] == direct["masked"] == (masked.token_labels != IGNORE_INDEX).sum()
     assert statistics["correct"] == direct["correct"] and 0 < direct["correct"] < direct["masked"]
     assert statistics["loss"] == pytest.approx(direct["loss"], rel=1e-5)
-    problem = Problem("lm", "", {"dev": problems.TextSplit("dev.txt")}, None,
-                      {"dev": problems.MASK_LM_METRICS if kind == "mask_lm" else problems.PRETRAIN_METRICS},
-                      type=kind)
-    metrics = problems.problem_metrics(problem, "dev", statistics, masked)
+    metrics = evaluation.split_metrics(problem, "dev", statistics, masked)
     accuracy = 100.0 * direct["correct"] / direct["masked"]
     perplexity = math.exp(direct["loss"] / direct["masked"])
     if kind == "mask_lm":
@@ -734,14 +750,18 @@ def test_model_selection_leaves_lm_problems_out_unless_alone():
     by_name = {name: get_problem(name) for name in ("sst", "cola", "sst_mlm", "pku_pretrain")}
     scores = {"sst": {"acc": 80.0}, "cola": {"mcc": 40.0}, "sst_mlm": {"acc": 30.0, "perplexity": 12.0},
               "pku_pretrain": {"mlm_acc": 20.0, "nsp_acc": 70.0, "perplexity": 50.0}}
-    assert multitask.mean_score(scores, by_name) == pytest.approx(60.0)
+    assert evaluation.mean_score(scores, by_name) == pytest.approx(60.0)
     only_lm = {name: scores[name] for name in ("sst_mlm", "pku_pretrain")}
-    assert multitask.mean_score(only_lm, by_name) == pytest.approx(-(math.log(12.0) + math.log(50.0)) / 2)
-    assert multitask.best_model_score(scores, 60.0, "sst_mlm/perplexity", by_name) == -12.0  # lower is better
-    assert multitask.best_model_score(scores, 60.0, "sst_mlm/acc", by_name) == 30.0
-    assert multitask.best_model_score(scores, 60.0, "sst_mlm", by_name) == pytest.approx(-math.log(12.0))
-    with pytest.raises(ValueError, match="no predictions"):
-        problems.predictions_from_logits("sst_mlm", torch.zeros(2, 2))
+    assert evaluation.mean_score(only_lm, by_name) == pytest.approx(-(math.log(12.0) + math.log(50.0)) / 2)
+    assert evaluation.best_model_score(scores, 60.0, "sst_mlm/perplexity", by_name) == -12.0  # lower is better
+    assert evaluation.best_model_score(scores, 60.0, "sst_mlm/acc", by_name) == 30.0
+    assert evaluation.best_model_score(scores, 60.0, "sst_mlm", by_name) == pytest.approx(-math.log(12.0))
+    # a masked LM is scored on its masked tokens: no predictions are written (its predict gives sums, not values)
+    with pytest.raises(ValueError, match="no prediction file"):
+        problems.prediction_file_name("sst_mlm", "dev")
+    with pytest.raises(ValueError, match="no prediction file"):
+        problem_types.of(by_name["sst_mlm"]).write(by_name["sst_mlm"], "dev", torch.zeros(2, dtype=torch.int64),
+                                                   None, Path("unused.tsv"), lambda: [])
 
 
 # ---- the problems file --------------------------------------------------------------------------------------------
@@ -749,14 +769,14 @@ def test_model_selection_leaves_lm_problems_out_unless_alone():
 def test_lm_problems_file(lm_problems):
     assert {name: problem.type for name, problem in lm_problems.items()} == {
         "news_pretrain": "pretrain", "news_lm": "mask_lm", "review_texts_lm": "mask_lm", "cola_texts": "mask_lm"}
-    assert lm_problems["news_pretrain"].metrics == {"dev": problems.PRETRAIN_METRICS}
-    assert lm_problems["news_lm"].splits["train"] == problems.TextSplit(str((DOCUMENTS / "train.txt").resolve()))
+    assert lm_problems["news_pretrain"].metrics == {"dev": problem_types.PRETRAIN_METRICS}
+    assert lm_problems["news_lm"].splits["train"] == problem_record.TextSplit(str((DOCUMENTS / "train.txt").resolve()))
     assert lm_problems["review_texts_lm"].splits["train"].label is None
     cola_texts = lm_problems["cola_texts"]
     assert cola_texts.inputs_of == "cola" and cola_texts.loss_weight == 0.5 and set(cola_texts.splits) == {
         "train", "dev"}
     for problem in [*lm_problems.values(), get_problem("sst_mlm"), get_problem("pku_pretrain")]:  # config.json
-        assert problems.problem_from_record(json.loads(json.dumps(problem.to_record()))) == problem
+        assert problem_record.problem_from_record(json.loads(json.dumps(problem.to_record()))) == problem
 
 
 TEXT_FILES = {"t.txt": "one line\nanother\n\nthird\nfourth\n", "t.tsv": "text\tlabel\na b\tx\nc d\ty\n"}
@@ -772,9 +792,11 @@ TEXT_FILES = {"t.txt": "one line\nanother\n\nthird\nfourth\n", "t.tsv": "text\tl
     ({"lm": {"type": "pretrain", "format": "text", "train": "t.txt", "test": "t.txt"}},
      r"problem 'lm': a pretrain problem learns from the text alone; drop 'test'"),
     ({"lm": {"type": "pretrain", "format": "tsv", "train": "t.tsv", "text": "text"}},
-     r"problem 'lm': text files hold mask_lm .* and pretrain reads a text file \(got type pretrain, format tsv\)"),
+     r"problem 'lm': a pretrain problem reads text files, and tsv files hold .*mask_lm problems "
+     r"\(got type pretrain, format tsv\)"),
     ({"lm": {"type": "cls", "format": "text", "train": "t.txt"}},
-     r"problem 'lm': text files hold mask_lm .*\(got type cls, format text\)"),
+     r"problem 'lm': a cls problem reads tsv or jsonl files, and text files hold mask_lm or pretrain problems "
+     r"\(got type cls, format text\)"),
     ({"lm": {"type": "mask_lm", "format": "text", "train": "t.txt", "text": "text"}},
      r"problem 'lm': key 'text' does not apply to format text"),
     ({"lm": {"type": "cls", "inputs_of": "sst"}}, r"problem 'lm': inputs_of is for mask_lm problems, not 'cls'"),

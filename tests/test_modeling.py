@@ -20,8 +20,8 @@ import original_reference
 from conftest import ROOT, minilm_dir, require
 from helpers import (PAD_ID, TINY, TINY_HEADS, assert_std, bert_checkpoint, hugging_face_extras, layer_norm_names,
                      make_batch, write_state)
-import modeling
-from modeling import BertConfig, BertForMultiTask, count_parameters, load_pretrained
+from checkpoints import load_pretrained
+from modeling import BertConfig, BertForMultiTask, count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
 
@@ -70,7 +70,7 @@ def assert_same_logits(model_a, model_b):
     batch = make_batch([7, 3, 11], seed=5)
     with torch.no_grad():
         for task in range(len(TINY_HEADS)):
-            assert torch.equal(model_a(*batch, task)[0], model_b(*batch, task)[0])
+            assert torch.equal(model_a(*batch, task).logits[0], model_b(*batch, task).logits[0])
 
 
 def import_transformers():
@@ -151,7 +151,7 @@ def test_zero_task_embeddings_equal_shared_bert():
             hidden_s, pooled_s = shared.bert(*batch, task)
             assert_close(hidden_e, hidden_s)
             assert_close(pooled_e, pooled_s)
-            assert_close(embert(*batch, task)[0], shared(*batch, task)[0])
+            assert_close(embert(*batch, task).logits[0], shared(*batch, task).logits[0])
 
 
 # BERT's N(0, 0.02) init leaves a fresh tiny model's attention nearly uniform, which hides a query shift (its logits
@@ -166,7 +166,7 @@ KEY_GRAD_ATOL = 1e-8  # the same margin for gradients: the key embedding's is un
 def task_outputs(model, batch, task):
     with torch.no_grad():
         hidden, pooled = model.bert(*batch, task)
-        return hidden[batch[2].bool()], pooled, model(*batch, task)[0]
+        return hidden[batch[2].bool()], pooled, model(*batch, task).logits[0]
 
 
 @pytest.mark.parametrize("table,changes_outputs", [("key", False), ("query", True), ("value", True)])
@@ -193,7 +193,7 @@ def test_key_task_embedding_gradient_is_zero():
     """SPEC 5.2: the key embedding's gradient is exactly zero (rounding leaves under 1e-9; Q and V get over 1e-3)."""
     model = tiny_model(initializer_range=SENSITIVE_INIT_STD)
     task = 1
-    _, loss = model(*make_batch([9, 4, 13], seed=3), task, labels=torch.tensor([0, 2, 1]))
+    loss = model(*make_batch([9, 4, 13], seed=3), task, labels=[torch.tensor([0, 2, 1])]).losses[0]
     loss.backward()
     for layer in model.bert.encoder.layer:
         attention = layer.attention.self
@@ -212,7 +212,7 @@ def test_padding_changes_nothing(our_attn):
     singles = [make_batch([n], seed=10 + row) for row, n in enumerate(lengths)]  # each sequence alone, unpadded
     tasks = range(len(TINY_HEADS))
     with torch.no_grad():
-        alone = {(row, task): (*model.bert(*single, task), model(*single, task)[0])
+        alone = {(row, task): (*model.bert(*single, task), model(*single, task).logits[0])
                  for row, single in enumerate(singles) for task in tasks}  # hidden (1, n, H), pooled, logits
         for extra in (0, 1, 6, 20):  # padding past the longest sequence, several lengths
             T = max(lengths) + extra
@@ -221,7 +221,7 @@ def test_padding_changes_nothing(our_attn):
                      for i in range(3)]
             for task in tasks:
                 hidden, pooled = model.bert(*batch, task)
-                logits = model(*batch, task)[0]
+                logits = model(*batch, task).logits[0]
                 for row, n in enumerate(lengths):
                     hidden_1, pooled_1, logits_1 = alone[row, task]
                     assert_close(hidden[row, :n], hidden_1[0])
@@ -243,7 +243,8 @@ def test_packed_tokens_equal_the_padded_computation(our_attn):
     for model, index in ((packed, None), (packed, token_index), (padded, None)):
         model.zero_grad()
         hidden, pooled = model.bert(*batch, 1, token_index=index)
-        logits, loss = model(*batch, 1, labels, token_index=index)
+        output = model(*batch, 1, [labels], token_index=index)
+        logits, loss = output.logits[0], output.losses[0]
         loss.backward()
         results.append((hidden[batch[2].bool()], pooled, logits, loss,
                         *(p.grad.clone() for p in model.parameters() if p.grad is not None)))
@@ -268,7 +269,8 @@ def test_sdpa_equals_original_attention(our_attn, task, labels):
     outputs = {}
     for name, model in (("ours", ours), ("original", original)):
         hidden, pooled = model.bert(*batch, task)
-        logits, loss = model(*batch, task, labels=labels)
+        output = model(*batch, task, labels=[labels])
+        logits, loss = output.logits[0], output.losses[0]
         loss.backward()
         outputs[name] = hidden[batch[2].bool()], pooled, logits, loss
     for a, b in zip(outputs["ours"], outputs["original"]):
@@ -331,7 +333,7 @@ def test_own_state_dict_round_trip(tmp_path, suffix):
 def test_resumable_checkpoint_round_trip(tmp_path):
     source = tiny_model(seed=0)
     optimizer = torch.optim.AdamW(source.parameters())
-    _, loss = source(*make_batch([5, 8]), 0, labels=torch.tensor([0, 1]))
+    loss = source(*make_batch([5, 8]), 0, labels=[torch.tensor([0, 1])]).losses[0]
     loss.backward()
     optimizer.step()
     checkpoint = {"model": source.state_dict(), "optimizer": optimizer.state_dict(), "step": 1,
@@ -573,17 +575,19 @@ def test_classification_loss_is_cross_entropy():
     model = tiny_model()
     batch = make_batch([6, 9, 4], seed=8)
     labels = torch.tensor([2, 0, 1])
-    logits, loss = model(*batch, 1, labels=labels)
+    output = model(*batch, 1, labels=[labels])
+    logits, loss = output.logits[0], output.losses[0]
     assert logits.shape == (3, TINY_HEADS[1])
     assert_close(loss, F.cross_entropy(logits, labels), atol=1e-7)
-    assert model(*batch, 1)[1] is None
+    assert model(*batch, 1).losses is None
 
 
 def test_regression_loss_is_mse():
     model = tiny_model()
     batch = make_batch([6, 9, 4], seed=8)
     targets = torch.tensor([0.2, 0.96, 0.5])  # STS-B scores / 5
-    logits, loss = model(*batch, 2, labels=targets)
+    output = model(*batch, 2, labels=[targets])
+    logits, loss = output.logits[0], output.losses[0]
     assert logits.shape == (3, 1)
     assert_close(loss, ((logits[:, 0] - targets) ** 2).mean(), atol=1e-7)
 
@@ -637,7 +641,7 @@ def test_truncated_torch_file_is_named(tmp_path, fraction):
 def test_glue_model_keeps_its_heads_by_width():
     model = BertForMultiTask(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                         intermediate_size=37), [2, 3, 1])
-    assert model.problem_types == ["cls", "cls", "regression"]
+    assert [t.name for t in model.head_types] == ["cls", "cls", "regression"]
 
 
 def test_each_type_reads_its_input_and_trains_with_its_loss():
@@ -652,27 +656,32 @@ def test_each_type_reads_its_input_and_trains_with_its_loss():
     types = torch.zeros_like(ids)
     hidden, pooled = model.bert(ids, types, mask, 0)
 
-    logits, loss = model(ids, types, mask, 0, torch.tensor([1, 0]))
-    assert torch.allclose(loss, F.cross_entropy(model.classifier[0](pooled), torch.tensor([1, 0])), atol=1e-6)
-    logits, loss = model(ids, types, mask, 1, torch.tensor([0.2, 0.8]))
+    def forward(task, labels):
+        output = model(ids, types, mask, task, [labels])
+        return output.logits[0], output.losses[0]
+
+    logits, loss = forward(0, torch.tensor([1, 0]))
+    assert torch.allclose(loss, F.cross_entropy(nn.Linear.forward(model.classifier[0], pooled), torch.tensor([1, 0])),
+                          atol=1e-6)
+    logits, loss = forward(1, torch.tensor([0.2, 0.8]))
     assert logits.shape == (2, 1) and torch.allclose(loss, F.mse_loss(logits[:, 0], torch.tensor([0.2, 0.8])))
 
     hot = torch.tensor([[1.0, 0, 0, 1, 0], [0, 0, 0, 0, 0]])  # an empty label set is allowed
-    logits, loss = model(ids, types, mask, 2, hot)
+    logits, loss = forward(2, hot)
     assert logits.shape == (2, 5)
     expected = -(hot * F.logsigmoid(logits) + (1 - hot) * F.logsigmoid(-logits)).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
 
     tags = torch.tensor([-100, 1, 2, -100, -100, 3, -100])  # [CLS] w w [SEP] | [CLS] w [SEP]: 7 real tokens
-    logits, loss = model(ids, types, mask, 3, tags)
+    logits, loss = forward(3, tags)
     real = hidden[mask.bool()]  # (7, H) in row-major order
-    assert logits.shape == (7, 4) and torch.allclose(logits, model.classifier[3](real), atol=1e-6)
+    assert logits.shape == (7, 4) and torch.allclose(logits, nn.Linear.forward(model.classifier[3], real), atol=1e-6)
     kept = tags != -100
     assert torch.allclose(loss, F.cross_entropy(logits[kept], tags[kept]), atol=1e-6)
 
 
 def test_unknown_problem_type_is_refused():
-    with pytest.raises(ValueError, match=r"problem_types \['cls', 'ner'\] must name one of"):
+    with pytest.raises(ValueError, match=r"types \['cls', 'ner'\] must name one of"):
         BertForMultiTask(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                     intermediate_size=37), [2, 3], ["cls", "ner"])
 
@@ -704,13 +713,15 @@ def test_a_group_reads_one_encoder_pass_and_each_head_its_loss():
     ids = torch.tensor([[2, 5, 7, 3, 0], [2, 9, 3, 0, 0]])
     mask, types = (ids > 0).long(), torch.zeros_like(ids)
     labels = [torch.tensor([-100, 1, 2, -100, -100, 0, -100]), torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([1, 0])]
-    logits, losses = model(ids, types, mask, 0, labels, heads=[0, 1, 2])
+    output = model(ids, types, mask, 0, labels, heads=[0, 1, 2])
+    logits, losses = output.logits, output.losses
     hidden, pooled = model.bert(ids, types, mask, 0, packed_output=True)
     for head, (head_logits, loss) in enumerate(zip(logits, losses)):
         states = hidden if head == 0 else pooled
-        alone = modeling.LOSSES[model.problem_types[head]](model.classifier[head](states), labels[head])
+        alone = model.head_types[head].loss(nn.Linear.forward(model.classifier[head], states), labels[head])
         assert torch.allclose(loss, alone, atol=1e-6)
-    [single], [single_loss] = model(ids, types, mask, 1, [torch.tensor([0, 1])], heads=[3])
+    output = model(ids, types, mask, 1, [torch.tensor([0, 1])], heads=[3])
+    [single], [single_loss] = output.logits, output.losses
     with pytest.raises(IndexError):
-        model(ids, types, mask, 3, torch.tensor([0, 1]))  # task row 3 does not exist: rows are groups
+        model(ids, types, mask, 3, [torch.tensor([0, 1])])  # task row 3 does not exist: rows are groups
     assert single.shape == (2, 2) and torch.isfinite(single_loss)

@@ -18,7 +18,8 @@ import modeling
 import optimization
 from conftest import ROOT
 from helpers import TINY_HEADS, assert_std, bert_checkpoint, tiny_dict
-from modeling import count_parameters, load_pretrained
+from checkpoints import load_pretrained
+from modeling import count_parameters
 from modeling_gated import BertConfig, BertForMultiTask, GatedSelfAttention, anneal_alpha, frozen_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
@@ -88,7 +89,7 @@ def outputs(model, batch, task):
     """Last hidden states of the real tokens, pooled output and logits: everything a change could reach."""
     with torch.no_grad():
         hidden, pooled = model.bert(*batch, task)
-        return hidden[batch[2].bool()], pooled, model(*batch, task)[0]
+        return hidden[batch[2].bool()], pooled, model(*batch, task).logits[0]
 
 
 def assert_same_outputs(before, after, atol=EQUAL_ATOL):
@@ -286,7 +287,7 @@ LEARNING_RATE = 1e-3  # large enough that every update moves an fp32 parameter o
 def step(model, optimizer, tasks, frozen=()):
     """One optimizer step as the training loop takes it: backward on the tasks' batches, frozen gradients dropped
     (None: the optimizers skip the parameter entirely), global clipping, step."""
-    loss = sum(model(*make_batch(seed=20 + task), task, labels=labels_for(task))[1] for task in tasks)
+    loss = sum(model(*make_batch(seed=20 + task), task, labels=[labels_for(task)]).losses[0] for task in tasks)
     loss.backward()
     for p in frozen:
         p.grad = None

@@ -22,7 +22,8 @@ import optimization
 from conftest import ROOT
 from helpers import (TINY_HEADS, assert_std, bert_checkpoint, hugging_face_extras, make_batch, tiny_dict,
                      write_state)
-from modeling import TokenLayout, count_parameters, load_pretrained
+from checkpoints import load_pretrained, map_state_dict
+from modeling import TokenLayout, count_parameters
 from modeling_pals import (PAL_ATTENTION_HEADS, PALS_KEY, BertConfig, BertForMultiTask, check_aliases, configure,
                            hidden_size_aug_of, shared_names)
 
@@ -211,7 +212,7 @@ def test_silent_pals_equal_plain_multi_task_bert():
     batch = make_batch(LENGTHS, seed=4)
     with torch.no_grad():
         for task in range(len(TINY_HEADS)):
-            assert_close(pals(*batch, task)[0], plain(*batch, task)[0])
+            assert_close(pals(*batch, task).logits[0], plain(*batch, task).logits[0])
 
 
 # ---------------------------------------------------------------------------------------------------- 3. sharing
@@ -241,7 +242,7 @@ def test_shared_projection_gradient_sums_every_layer():
             pal.aug_dense, pal.aug_dense2 = copy.deepcopy(pal.aug_dense), copy.deepcopy(pal.aug_dense2)
     batch = make_batch(LENGTHS, seed=5)
     for model in (shared, untied):
-        model(*batch, TASK, labels=LABELS)[1].backward()
+        model(*batch, TASK, labels=[LABELS]).losses[0].backward()
     for name in ("aug_dense", "aug_dense2"):
         for param in ("weight", "bias"):
             summed = sum(getattr(getattr(layer.multi_layers[TASK], name), param).grad
@@ -254,7 +255,7 @@ def test_an_update_reaches_every_layer(optimizer_name):
     model = tiny_model().train()
     optimizer = optimization.build_optimizer(model, optimizer_name, LEARNING_RATE)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model(*make_batch(LENGTHS, seed=6), TASK, labels=LABELS)[1].backward()
+    model(*make_batch(LENGTHS, seed=6), TASK, labels=[LABELS]).losses[0].backward()
     optimizer.step()
     after = model.state_dict()
     for names in shared_names(model.config):
@@ -279,7 +280,8 @@ def test_packed_tokens_equal_the_padded_computation():
     results = []
     for model in (packed, padded):
         hidden, pooled = model.bert(*batch, TASK)
-        logits, loss = model(*batch, TASK, LABELS)
+        output = model(*batch, TASK, [LABELS])
+        logits, loss = output.logits[0], output.losses[0]
         loss.backward()
         results.append((hidden[batch[2].bool()], pooled, logits, loss,
                         *(p.grad for p in model.parameters() if p.grad is not None)))
@@ -351,13 +353,13 @@ def test_checkpoint_whose_aliases_disagree_is_refused(tmp_path, key):
     with pytest.raises(ValueError, match=re.escape(message)):
         load_pretrained(tiny_model(), path, require_all=True)
     with pytest.raises(ValueError, match=re.escape(message)):  # loading directly checks too (resuming a run)
-        tiny_model().load_state_dict(modeling.map_state_dict(checkpoint))
+        tiny_model().load_state_dict(map_state_dict(checkpoint))
 
 
 def test_check_aliases_accepts_a_state_dict_without_them():
     """A BERT checkpoint has no PALs at all; a state dict with only the canonical names has nothing to compare."""
     config = tiny_config(num_tasks=len(TINY_HEADS))
-    check_aliases(modeling.map_state_dict(bert_checkpoint(config, "", "hf")), config)
+    check_aliases(map_state_dict(bert_checkpoint(config, "", "hf")), config)
     canonical = {names[0]: torch.zeros(1) for names in shared_names(config)}
     check_aliases(canonical, config)
 
@@ -388,9 +390,9 @@ def test_own_state_dict_round_trip(tmp_path):
     batch = make_batch(LENGTHS, seed=5)
     with torch.no_grad():
         for task in range(len(TINY_HEADS)):
-            expected = source(*batch, task)[0]
-            assert torch.equal(target(*batch, task)[0], expected)
-            assert torch.equal(resumed(*batch, task)[0], expected)
+            expected = source(*batch, task).logits[0]
+            assert torch.equal(target(*batch, task).logits[0], expected)
+            assert torch.equal(resumed(*batch, task).logits[0], expected)
     encoder = target.bert.encoder
     assert encoder.layer[1].multi_layers[2].aug_dense is encoder.mult_aug_dense[2]  # loading kept the sharing
 
@@ -405,7 +407,7 @@ def test_checkpoint_with_another_pal_width_is_refused(tmp_path):
 
 
 def test_pals_checkpoints_are_told_apart_by_key():
-    pals = modeling.map_state_dict(original_pals_checkpoint(tiny_config(), TINY_HEADS))
+    pals = map_state_dict(original_pals_checkpoint(tiny_config(), TINY_HEADS))
     assert any(PALS_KEY.fullmatch(k) for k in pals) and hidden_size_aug_of(pals) == TINY["hidden_size_aug"]
     embert = modeling.BertForMultiTask(modeling.BertConfig(**{k: v for k, v in TINY.items() if k != "hidden_size_aug"},
                                                            our_attn=True), TINY_HEADS).state_dict()

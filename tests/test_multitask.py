@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import modeling_gated
-from multitask import TaskSampler, embert_alpha, truncate_jsonl, write_atomic
+from run_files import truncate_jsonl, write_atomic
+from sampler import TaskSampler, embert_alpha
 
 # Training-set sizes of CoLA, MRPC, RTE, STS-B, SST-2 (SPEC 3).
 SIZES = [8551, 3668, 2490, 5749, 67349]

@@ -37,7 +37,7 @@ def batch(lengths, width, seed=0):
 
 
 def loss_of(model, task, labels, lengths=LENGTHS, width=GATED_LENGTH, scale=1.0):
-    return scale * model(*batch(lengths, width), task, labels=labels)[1]
+    return scale * model(*batch(lengths, width), task, labels=[labels]).losses[0]
 
 
 # ---------------------------------------------------------------------------------------------------- equal math
@@ -102,7 +102,8 @@ def assert_equal_forward_backward(ours, original, task, labels):
     for name, model in (("ours", ours), ("original", original)):
         inputs = batch(LENGTHS, GATED_LENGTH)
         hidden, pooled = model.bert(*inputs, task)
-        logits, loss = model(*inputs, task, labels=labels)
+        output = model(*inputs, task, labels=[labels])
+        logits, loss = output.logits[0], output.losses[0]
         loss.backward()
         outputs[name] = hidden[inputs[2].bool()], pooled, logits, loss
     for a, b in zip(outputs["ours"], outputs["original"]):

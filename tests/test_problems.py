@@ -10,17 +10,23 @@ import numpy as np
 import pytest
 import torch
 
+import evaluation
+import features as feats
 import glue_processors
-import modeling
+import metrics as metrics_module
+import pku
+import problem_record
+import problem_types
 import problems
+import readers
 from conftest import FIXTURES, fixture_glue_dir, require
-from glue_processors import IGNORE_INDEX, PROBLEM_TYPES, TASKS, Features, Problem, Task, make_batch
+from features import IGNORE_INDEX, Features, TaggedSentence, encode_word_rows, make_batch
+from glue_processors import TASKS, Task
 from helpers import write_problems
-from problems import (
-    PROBLEMS, TYPES, TaggedSentence, convert_problem_examples, encode_word_rows, get_problem, load_problem_features,
-    predictions_from_logits, problem_from_record, problem_metrics, problem_score, read_examples, read_problems_file,
-    resolve_problems, sentence_tags, write_predictions,
-)
+from problem_record import Problem, problem_from_record
+from problem_types import TYPES
+from problems import PROBLEMS, get_problem, load_problem_features, read_examples, resolve_problems
+from problems_file import read_problems_file
 from tokenization import FullTokenizer
 
 PROBLEM_FIXTURES = FIXTURES / "problems"
@@ -30,6 +36,36 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
 PAD, UNK, CLS, SEP = 0, 1, 2, 3
 ID = {token: i for i, token in enumerate(TINY_VOCAB)}
 
+
+# What problems.py did per type before the registry, now through the problem's type object (problem_types.of).
+
+def convert_problem_examples(problem, examples, tokenizer, max_seq_length):
+    return feats.convert_examples(problem, examples, tokenizer, max_seq_length,
+                                  problem_types.of(problem).encode_labels)
+
+
+def predictions_from_logits(problem, logits):
+    return problem_types.of(get_problem(problem)).decide(logits)
+
+
+def problem_metrics(problem, split, predictions, features):
+    return evaluation.split_metrics(get_problem(problem), split, predictions, features)
+
+
+def problem_score(problem, values):
+    return evaluation.problem_score(get_problem(problem), values)
+
+
+def sentence_tags(problem, features, token_values):
+    return problem_types.of(problem).sentence_tags(problem, features, token_values)
+
+
+def write_predictions(problem, split, predictions, features, path, data_dir):
+    """Write the prediction file at `path` through the type's writer; returns the path."""
+    problem = get_problem(problem)
+    problem_types.of(problem).write(problem, split, predictions, features, path,
+                                    lambda: readers.read_examples(problem, split, data_dir))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +82,19 @@ def shared_dir(name):
 
 def tag_problem(labels, name="tags"):
     """A seq_tag problem whose files nobody reads: for features, metrics and predictions built in the test."""
-    return Problem(name, "", {"dev": problems.ConllSplit("unused.txt")}, tuple(labels),
-                   {"dev": problems._seq_tag_metric_names(labels)}, type="seq_tag")
+    return Problem(name, "", {"dev": problem_record.ConllSplit("unused.txt")}, tuple(labels),
+                   {"dev": TYPES["seq_tag"].default_metrics(labels)}, type="seq_tag")
 
 
 # ---- the tables ---------------------------------------------------------------------------------------------------
 
 def test_types_table_decides_the_head_input():
-    assert set(TYPES) == set(PROBLEM_TYPES) == set(modeling.HEAD_INPUTS) == set(modeling.LOSSES)
-    assert set(PROBLEM_TYPES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain"}
-    assert modeling.HEAD_INPUTS == {"cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens",
-                                    "mask_lm": "masked", "pretrain": "masked"}
+    assert set(TYPES) == set(problem_types.NAMES) == {t.name for t in TYPES.values()}
+    assert all(callable(t.loss) and callable(t.build_head) for t in TYPES.values())  # each type its head and loss
+    assert set(problem_types.NAMES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain"}
+    assert {name: t.reads for name, t in TYPES.items()} == {
+        "cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens", "mask_lm": "masked",
+        "pretrain": "masked"}
     assert {name: t.file_suffix for name, t in TYPES.items()} == {
         "cls": ".tsv", "regression": ".tsv", "multi_cls": ".tsv", "seq_tag": ".conll", "mask_lm": None,
         "pretrain": None}
@@ -74,7 +112,7 @@ def test_glue_rows_are_problems_with_their_quirks_as_fields():
 
 
 def test_people_daily_rows():
-    assert {name: PROBLEMS[name].type for name in problems.PKU_PROBLEMS} == {
+    assert {name: PROBLEMS[name].type for name in pku.PKU_PROBLEMS} == {
         "pku_cws": "seq_tag", "pku_pos": "seq_tag", "pku_ner": "seq_tag", "pku_entity_types": "multi_cls",
         "pku_pretrain": "pretrain"}
     assert PROBLEMS["pku_cws"].labels == ("b", "m", "e", "s")
@@ -166,7 +204,7 @@ def test_seq_tag_dev_labels_are_added_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert read_problems_file(path)["t"].labels == ("X", "Y", "Z")
     assert "dev labels not in the training file: Z" in caplog.text
-    assert problems.span_scheme(("X", "Y", "Z")) is None and read_problems_file(path)["t"].metrics["dev"] == ("acc",)
+    assert problem_types.span_scheme(("X", "Y", "Z")) is None and read_problems_file(path)["t"].metrics["dev"] == ("acc",)
 
 
 SENTI = {"type": "cls", "format": "jsonl", "train": "t.jsonl", "text": ["s"], "label": "y"}
@@ -180,7 +218,7 @@ SENTI_ROWS = '{"s": "a", "y": "p"}\n{"s": "b", "y": "n"}\n'
     ({"p": {**SENTI, "lables": ["a"]}}, {}, "problem 'p': unknown key 'lables'"),
     ({"p": {**SENTI, "type": "ner"}}, {}, "type 'ner' is not one of cls, regression, multi_cls, seq_tag"),
     ({"p": {**SENTI, "format": "csv"}}, {}, "format 'csv' is not one of tsv, jsonl, conll"),
-    ({"p": {**SENTI, "format": "conll"}}, {}, "seq_tag problems read conll files"),
+    ({"p": {**SENTI, "format": "conll"}}, {}, "conll files hold seq_tag problems"),
     ({"p": {**SENTI, "token_column": 1}}, {}, "key 'token_column' does not apply to format jsonl"),
     ({"p": {**SENTI, "train": "none.jsonl"}}, {}, r"train file not found: .*none.jsonl"),
     ({"p": {**SENTI, "label_scale": 5}}, {}, "label_scale must be a positive number, and only for regression"),
@@ -331,7 +369,7 @@ def test_long_sentence_predictions_are_reassembled_in_file_order(tokenizer, tmp_
     tags = ["O", "B", "O", "B", "O", "B", "O", "O", "B"]
     words = ["a", "unaffable", "b", "Lovelace", "c", "the", "unaffable", "a", "Ada"]
     path.write_text("\n".join(f"{w} {t}" for w, t in zip(words, tags)) + "\n\nMixedCase B\n", encoding="utf-8")
-    problem = Problem("cut", "", {"dev": problems.ConllSplit(str(path))}, ("O", "B"), {"dev": ("acc",)},
+    problem = Problem("cut", "", {"dev": problem_record.ConllSplit(str(path))}, ("O", "B"), {"dev": ("acc",)},
                       type="seq_tag")
     features = convert_problem_examples(problem, read_examples(problem, "dev", ""), tokenizer, 6)
     assert len(features) > 2 and (features.lengths <= 6).all()
@@ -384,8 +422,8 @@ def test_glue_metrics_unchanged_through_problem_metrics():
     features = Features(torch.zeros(4, dtype=torch.int32), torch.arange(5), torch.ones(4, dtype=torch.int32),
                         torch.tensor([1, 0, 1, 1]))
     predictions = torch.tensor([1, 1, 0, 1])
-    assert problem_metrics("mrpc", "dev", predictions, features) == glue_processors.compute_metrics(
-        "mrpc", "dev", predictions, features.labels)
+    assert problem_metrics("mrpc", "dev", predictions, features) == metrics_module.compute_metrics(
+        glue_processors.get_task("mrpc"), "dev", predictions, features.labels)
     scores = Features(features.input_ids, features.offsets, features.segment_a_len, torch.tensor([.1, .2, .3, .9]))
     metrics = problem_metrics("sts", "dev", torch.tensor([.2, .1, .4, .8]), scores)
     assert list(metrics) == ["pearson", "spearman"] and metrics["spearman"] == pytest.approx(80.0)
@@ -456,7 +494,7 @@ def test_conll_test_predictions_keep_the_tokens_as_written(user_problems, vocab_
 def test_problem_features_are_cached(user_problems, vocab_file, tmp_path, monkeypatch):
     ner = user_problems["ner"]
     first = load_problem_features(ner, "dev", "", vocab_file, True, 8, cache_dir=tmp_path)
-    monkeypatch.setattr(problems, "convert_problem_examples", lambda *args, **kwargs: pytest.fail("tokenized again"))
+    monkeypatch.setattr(feats, "convert_examples", lambda *args, **kwargs: pytest.fail("tokenized again"))
     again = load_problem_features(ner, "dev", "", vocab_file, True, 8, cache_dir=tmp_path)
     for name in ("input_ids", "offsets", "token_labels", "sentence", "first_word", "word_starts"):
         assert torch.equal(getattr(first, name), getattr(again, name))
@@ -477,7 +515,7 @@ def test_glue_rows_load_glue_features_and_cache(vocab_file, tmp_path):
 
 def test_people_daily_sentence_counts():
     data_dir = shared_dir("pku199801").parent
-    sentences = problems.pku_sentences(data_dir / "pku199801" / "199801.txt")
+    sentences = pku.pku_sentences(data_dir / "pku199801" / "199801.txt")
     assert len(sentences) == 45_080
     train, dev = (read_examples("pku_cws", split, data_dir) for split in ("train", "dev"))
     assert (len(train), len(dev)) == (40_572, 4_508)
@@ -487,7 +525,7 @@ def test_people_daily_sentence_counts():
 
 
 def test_people_daily_tags_on_real_lines():
-    sentences = problems.pku_sentences(shared_dir("pku199801") / "199801.txt")
+    sentences = pku.pku_sentences(shared_dir("pku199801") / "199801.txt")
     by_line = {}
     for line, words in sentences:
         by_line.setdefault(line, words)
@@ -495,15 +533,15 @@ def test_people_daily_tags_on_real_lines():
     line2, line3 = by_line[2], by_line[3]
     assert line2 == [("中共中央", "nt"), ("总书记", "n"), ("、", "w"), ("国家", "n"), ("主席", "n"), ("江", "nr"),
                      ("泽民", "nr")]
-    assert problems._cws_tags(line2) == ["b", "m", "m", "e", "b", "m", "e", "s", "b", "e", "b", "e", "s", "b", "e"]
-    assert problems._pos_tags(line2)[:8] == ["B-nt", "I-nt", "I-nt", "E-nt", "B-n", "I-n", "E-n", "S-w"]
-    assert problems._pos_tags(line2)[-3:] == ["S-nr", "B-nr", "E-nr"]
+    assert pku._cws_tags(line2) == ["b", "m", "m", "e", "b", "m", "e", "s", "b", "e", "b", "e", "s", "b", "e"]
+    assert pku._pos_tags(line2)[:8] == ["B-nt", "I-nt", "I-nt", "E-nt", "B-n", "I-n", "E-n", "S-w"]
+    assert pku._pos_tags(line2)[-3:] == ["S-nr", "B-nr", "E-nr"]
     # A run of nr words is one person: 江 泽民 -> B-PER I-PER I-PER; an nt word is an organisation.
-    assert problems._ner_tags(line2) == ["B-ORG", "I-ORG", "I-ORG", "I-ORG", *["O"] * 8, "B-PER", "I-PER", "I-PER"]
-    assert set(problems._entity_type_tags(line3)) == {"O", "TIME"}
+    assert pku._ner_tags(line2) == ["B-ORG", "I-ORG", "I-ORG", "I-ORG", *["O"] * 8, "B-PER", "I-PER", "I-PER"]
+    assert set(pku._entity_type_tags(line3)) == {"O", "TIME"}
     # Two ns words side by side are two locations; a nr run broken by another word is two people.
     words = [("北京", "ns"), ("上海", "ns"), ("江", "nr"), ("和", "c"), ("李", "nr")]
-    assert problems._ner_tags(words) == ["B-LOC", "I-LOC", "B-LOC", "I-LOC", "B-PER", "O", "B-PER"]
+    assert pku._ner_tags(words) == ["B-LOC", "I-LOC", "B-LOC", "I-LOC", "B-PER", "O", "B-PER"]
 
 
 def test_people_daily_problems_share_inputs_and_cut_long_sentences(tmp_path):
@@ -519,7 +557,7 @@ def test_people_daily_problems_share_inputs_and_cut_long_sentences(tmp_path):
     assert ner.word_starts.numel() == sum(len(s.tokens) for s in dev)
     assert sentence_tags(PROBLEMS["pku_ner"], ner, ner.token_labels) == [s.tags for s in dev]
     # A row's entity types are those of its characters.
-    rows = problems._row_of_word(types)
+    rows = feats.row_of_word(types)
     row_tags = [set() for _ in range(len(types))]
     for row, tag in zip(rows.tolist(), (t for s in entity for t in s.tags)):
         if tag != "O":

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import multitask
+import run_files
 import run_multi_task
 from conftest import ROOT, fixture_glue_dir, minilm_dir, require, shared_glue_dir
 from helpers import (OUTPUT_FILES, SMALL_TASKS, interrupt_at_step, read_jsonl, read_scalars, seed_command,
@@ -314,7 +315,7 @@ def test_truncated_init_checkpoint(finished_run, tiny_config, tmp_path):
 def test_resume_from_a_corrupt_checkpoint_is_one_line_and_changes_nothing(finished_run, tiny_config, tmp_path):
     out, cache = finished_run
     copy = copy_run(out, tmp_path / "copy")
-    checkpoint = copy / multitask.LAST_CHECKPOINT
+    checkpoint = copy / run_files.LAST_CHECKPOINT
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     before = files_and_bytes(copy)
     error = one_line_error([*tiny_command(copy, tiny_config, cache, "--steps_per_epoch", 2, "--do_eval",
@@ -325,8 +326,8 @@ def test_resume_from_a_corrupt_checkpoint_is_one_line_and_changes_nothing(finish
 
 def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(finished_run, tmp_path, monkeypatch):
     out, _ = finished_run
-    checkpoint = tmp_path / multitask.LAST_CHECKPOINT
-    checkpoint.write_bytes((out / multitask.LAST_CHECKPOINT).read_bytes())
+    checkpoint = tmp_path / run_files.LAST_CHECKPOINT
+    checkpoint.write_bytes((out / run_files.LAST_CHECKPOINT).read_bytes())
     state = torch.load(checkpoint, weights_only=False)
 
     def no_space(obj, f, *args, **kwargs):
@@ -335,19 +336,19 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(finished_run
 
     monkeypatch.setattr(torch, "save", no_space)
     with pytest.raises(SystemExit) as error:
-        multitask.save_torch(state, checkpoint)
+        run_files.save_torch(state, checkpoint)
     message = str(error.value)
     assert f"no space left on the device writing {checkpoint} (about" in message and "MB needed" in message
-    assert f"the previous {multitask.LAST_CHECKPOINT} is kept" in message and "\n" not in message
+    assert f"the previous {run_files.LAST_CHECKPOINT} is kept" in message and "\n" not in message
     monkeypatch.undo()
     assert torch.load(checkpoint, weights_only=False)["global_step"] == state["global_step"]
-    assert [p.name for p in tmp_path.iterdir()] == [multitask.LAST_CHECKPOINT]  # no temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == [run_files.LAST_CHECKPOINT]  # no temporary file left
 
 
 def test_a_killed_write_leaves_no_temporary_file_after_the_next_start(finished_run, tiny_config, tmp_path):
     out, cache = finished_run
     copy = copy_run(out, tmp_path / "copy")
-    stale = copy / f".{multitask.LAST_CHECKPOINT}.tmp"
+    stale = copy / f".{run_files.LAST_CHECKPOINT}.tmp"
     stale.write_bytes(b"half a checkpoint")
     run([*tiny_command(copy, tiny_config, cache, "--steps_per_epoch", 2, "--do_eval", "--eval_batch_size", 64),
          "--resume"])
@@ -476,7 +477,7 @@ def test_report_to_tensorboard_writes_the_curves(tmp_path, tiny_config):
     out = tmp_path / "run"
     run(tiny_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 3, "--do_eval", "--eval_batch_size",
                      64, "--report_to", "tensorboard"))
-    events = EventAccumulator(str(out / multitask.REPORT_DIR))
+    events = EventAccumulator(str(out / run_files.REPORT_DIR))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/lr", "train/alpha", "dev/score", "dev/cola/mcc", "dev/sts/pearson"} <= tags
@@ -496,7 +497,7 @@ def test_report_to_tensorboard_resumed_curves_equal_straight(tmp_path, tiny_conf
     interrupted = tmp_path / "interrupted"
     interrupt_at_step(run_script(command(interrupted)), interrupted / "train_log.jsonl", 7)
     run([*command(interrupted), "--resume"])
-    straight, resumed = (read_scalars(d / multitask.REPORT_DIR) for d in (tmp_path / "straight", interrupted))
+    straight, resumed = (read_scalars(d / run_files.REPORT_DIR) for d in (tmp_path / "straight", interrupted))
     assert {"train/loss/cola", "train/lr", "train/alpha", "train/share/cola", "dev/cola/mcc", "dev/score"} <= set(
         straight)
     assert [step for step, _ in straight["dev/score"]] == [100, 200]

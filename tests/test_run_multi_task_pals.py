@@ -9,13 +9,13 @@ import re
 import pytest
 import torch
 
-import modeling
+import checkpoints
 import modeling_pals
 import multitask
 import run_multi_task_pals
+from checkpoints import BERT_PARAMETER
 from conftest import fixture_glue_dir, minilm_dir
 from helpers import OUTPUT_FILES, SMALL_TASKS, read_jsonl, seed_command
-from modeling import BERT_PARAMETER
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # a busy machine's thread pool waits for its slowest thread
 
@@ -65,7 +65,7 @@ def test_seed_pals_command_trains_and_writes_the_run_files(tmp_path, minilm_pals
     # The file holds the original's aliases, equal; the model rebuilt from the run's config loads it whole.
     rebuilt = modeling_pals.BertForMultiTask(modeling_pals.BertConfig.from_dict(config), [2, 2, 2, 1, 2])
     assert rebuilt.bert.encoder.layer[0].multi_layers[0].attn.num_heads == PAL_HEADS
-    assert modeling.load_mapped_state(rebuilt, best, out / "best_model.pth", require_all=True) == []
+    assert checkpoints.load_mapped_state(rebuilt, best, out / "best_model.pth", require_all=True) == []
     for names in modeling_pals.shared_names(rebuilt.config):
         assert all(torch.equal(best[name], best[names[0]]) for name in names), names
 
@@ -77,8 +77,8 @@ def test_freeze_trains_only_the_pals_and_the_heads(tmp_path, minilm_pals_config)
                            "--learning_rate", 1e-3, "--h_aug", H_AUG)
     run([flag for flag in command if flag != "--do_eval"])  # without evaluation best_model.pth is the final model
     trained = torch.load(out / "best_model.pth", weights_only=True)
-    minilm, _ = modeling.read_state_dict(minilm_dir() / "model.safetensors")
-    pretrained = modeling.map_state_dict(minilm)
+    minilm, _ = checkpoints.read_state_dict(minilm_dir() / "model.safetensors")
+    pretrained = checkpoints.map_state_dict(minilm)
     # The model's fresh parameters as the run drew them: multitask.main seeds with --seed, then builds the model.
     torch.manual_seed(1)
     config = modeling_pals.BertConfig.from_json_file(minilm_pals_config)

@@ -16,10 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoints
 import glue_processors
 import modeling
 import modeling_gated
 import multitask
+import problem_types
+import run_files
 import run_multi_task
 import run_multi_task_gated
 import run_multi_task_pals
@@ -50,10 +53,10 @@ TEST_FILES = {"CoLA.tsv": "CoLA/test.tsv", "SST-2.tsv": "SST-2/test.tsv", "MRPC.
               "WNLI.tsv": "WNLI/test.tsv", "AX.tsv": "diagnostic/diagnostic.tsv"}
 # ../shared/glue lacks the MNLI and QQP test files (SPEC 3).
 ABSENT_FROM_SHARED = ("MNLI-m.tsv", "MNLI-mm.tsv", "QQP.tsv")
-# STS-B is written rounded to STS_DECIMALS (half a unit of error), and batched and one-by-one runs differ by float
+# STS-B is written rounded to problem_types.SUBMISSION_DECIMALS (half a unit of error), and batched and one-by-one runs differ by float
 # rounding (far below FLOAT_NOISE).
 FLOAT_NOISE = 1e-5
-STS_TOLERANCE = 0.5 * 10 ** -run_test_multi_task.STS_DECIMALS + FLOAT_NOISE
+STS_TOLERANCE = 0.5 * 10 ** -problem_types.SUBMISSION_DECIMALS + FLOAT_NOISE
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +143,7 @@ def model_outputs(model, features, task_id, pad_to=None):
             width = pad_to or len(ids)
             mask = (torch.arange(width) < len(ids)).long()
             ids, types = (torch.nn.functional.pad(x, (0, width - len(ids))) for x in (ids, types))
-            outputs.append(model(ids[None], types[None], mask[None], task_id)[0][0])
+            outputs.append(model(ids[None], types[None], mask[None], task_id).logits[0][0])
     return torch.stack(outputs)
 
 
@@ -157,7 +160,7 @@ def check_against_model(output_dir, model, heads, data_dir, vocab_file, max_seq_
             assert task == "wnli" and set(predictions) == {"0"}
             continue
         outputs = model_outputs(model, features, heads.index(head), pad_to)
-        if TASKS[head].is_regression:
+        if TASKS[head].type == "regression":
             expected = (outputs[:, 0] * STS_MAX).clamp(0, STS_MAX)
             assert torch.allclose(torch.tensor([float(p) for p in predictions]), expected, rtol=0, atol=STS_TOLERANCE)
         else:
@@ -196,10 +199,11 @@ def test_dev_split_reproduces_the_logged_best_metrics(runs, tmp_path, capsys, me
     """--split dev from the run directory alone (data, batch size and length from its files) gives exactly what
     the training run logged at the epoch whose model best_model.pth holds."""
     run_script("--model_dir", runs[method], "--output_dir", tmp_path, "--split", "dev")
-    records = [json.loads(line) for line in (runs[method] / multitask.EVAL_LOG).read_text().splitlines()]
+    records = [json.loads(line) for line in (runs[method] / run_files.EVAL_LOG).read_text().splitlines()]
     best = [record for record in records if record["best"]][-1]
     results = json.loads((tmp_path / run_test_multi_task.DEV_RESULTS).read_text())
     assert results["glue_score"] == best["glue_score"]  # the same batches through the same code: bit for bit
+    assert results["mean_score"] == results["glue_score"]  # GLUE tasks only: the mean score is the GLUE score
     assert {t: s for t, s in results["scores"].items() if t != "wnli"} == best["scores"]
     assert set(results["scores"]["wnli"]) == {"acc"}  # the majority-class baseline, reported but not averaged
     assert f"GLUE {best['glue_score']:.2f}" in capsys.readouterr().out
@@ -291,7 +295,7 @@ def test_original_embert_checkpoint_with_minilm_weights(workspace, tmp_path):
 
     # The same model put together attribute by attribute: MiniLM's encoder, then each task parameter in place.
     reference = modeling.BertForMultiTask(config, [TASKS[t].num_labels for t in ALL_TASKS]).eval()
-    modeling.load_pretrained(reference, minilm / "model.safetensors")
+    checkpoints.load_pretrained(reference, minilm / "model.safetensors")
     with torch.no_grad():
         for (n, table), value in task_embeddings.items():
             getattr(reference.bert.encoder.layer[n].attention.self, f"{table}_task_emb").weight.copy_(value)
@@ -334,12 +338,12 @@ def checkpoint_file_flags(workspace, tmp_path):
 def test_error_directory_without_checkpoint(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["embert"], run)
-    (run / multitask.BEST_MODEL).unlink()
-    assert f"lacks {multitask.BEST_MODEL}" in error_of("--model_dir", run, "--output_dir", tmp_path / "out")
+    (run / run_files.BEST_MODEL).unlink()
+    assert f"lacks {run_files.BEST_MODEL}" in error_of("--model_dir", run, "--output_dir", tmp_path / "out")
     empty = tmp_path / "empty"
     empty.mkdir()
     message = error_of("--model_dir", empty, "--output_dir", tmp_path / "out")
-    assert f"lacks {multitask.CONFIG_FILE}, {multitask.VOCAB_FILE}, {multitask.BEST_MODEL}" in message
+    assert f"lacks {run_files.CONFIG_FILE}, {run_files.VOCAB_FILE}, {run_files.BEST_MODEL}" in message
 
 
 def test_error_heads_do_not_match_the_tasks(workspace, tmp_path):
@@ -401,7 +405,7 @@ def test_error_checkpoint_file_without_its_config(workspace, tmp_path):
 def test_error_truncated_best_model_names_the_file(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["embert"], run)
-    best = run / multitask.BEST_MODEL
+    best = run / run_files.BEST_MODEL
     best.write_bytes(best.read_bytes()[:4096])
     message = error_of("--model_dir", run, "--output_dir", tmp_path / "out")
     assert f"--model_dir: checkpoint {best} is truncated" in message
@@ -445,14 +449,14 @@ def user_run(workspace):
 
 
 def test_user_problems_train_with_their_types_metrics_and_records(user_run):
-    evals = [json.loads(line) for line in (user_run / multitask.EVAL_LOG).read_text().splitlines()]
+    evals = [json.loads(line) for line in (user_run / run_files.EVAL_LOG).read_text().splitlines()]
     assert {t: set(m) for t, m in evals[-1]["scores"].items()} == {
         "emotion": {"micro_f1", "macro_f1", "exact_match"}, "ner": {"f1", "precision", "recall"},
         "senti": {"acc"}, "score": {"pearson", "spearman"}}
-    config = json.loads((user_run / multitask.CONFIG_FILE).read_text())
+    config = json.loads((user_run / run_files.CONFIG_FILE).read_text())
     assert set(config["problems"]) == set(USER_PROBLEMS)  # the run directory predicts on its own
     assert config["problems"]["ner"]["type"] == "seq_tag"
-    state = load_first_tensor_shapes(user_run / multitask.BEST_MODEL)
+    state = load_first_tensor_shapes(user_run / run_files.BEST_MODEL)
     labels = config["task_labels"]
     assert state["classifier.0.weight"] == (len(labels["emotion"]), TINY["hidden_size"])  # multi-label: one per label
     assert state["classifier.1.weight"] == (len(labels["ner"]), TINY["hidden_size"])  # one output per tag
@@ -466,12 +470,13 @@ def load_first_tensor_shapes(path):
 def test_user_problems_dev_split_reproduces_the_logged_metrics(user_run, tmp_path, capsys):
     out = tmp_path / "dev"
     run_script("--model_dir", user_run, "--output_dir", out, "--split", "dev")
-    best = [json.loads(line) for line in (user_run / multitask.EVAL_LOG).read_text().splitlines()]
+    best = [json.loads(line) for line in (user_run / run_files.EVAL_LOG).read_text().splitlines()]
     best = [e for e in best if e["best"]][-1]
     results = json.loads((out / run_test_multi_task.DEV_RESULTS).read_text())
     for task, metrics in best["scores"].items():
         assert results["scores"][task] == pytest.approx(metrics, abs=1e-9), task
-    assert results["glue_score"] == pytest.approx(best["glue_score"], abs=1e-9)
+    assert results["mean_score"] == pytest.approx(best["mean_score"], abs=1e-9)
+    assert "glue_score" not in results and "glue_score" not in best  # no GLUE task in the run
     # The CoNLL file: every token of the dev file once, as written there, with its gold and predicted tag.
     gold_lines = [line.split() for line in (PROBLEMS_FILE.parent / "ner" / "dev.txt").read_text().splitlines()
                   if line.strip() and not line.startswith("-DOCSTART-")]
@@ -519,13 +524,13 @@ def pals_run(workspace):
 
 def test_pals_run_directory_and_original_checkpoint_predict_the_logged_scores(pals_run, workspace, tmp_path):
     run, config = pals_run
-    records = [json.loads(line) for line in (run / multitask.EVAL_LOG).read_text().splitlines()]
+    records = [json.loads(line) for line in (run / run_files.EVAL_LOG).read_text().splitlines()]
     best = [record for record in records if record["best"]][-1]
     run_script("--model_dir", run, "--output_dir", tmp_path / "dir", "--split", "dev")
     results = json.loads((tmp_path / "dir" / run_test_multi_task.DEV_RESULTS).read_text())
     assert results["glue_score"] == best["glue_score"]
     # The same weights as the original PALs code writes them (gamma/beta, every alias of the shared projections).
-    state = torch.load(run / multitask.BEST_MODEL, weights_only=True)
+    state = torch.load(run / run_files.BEST_MODEL, weights_only=True)
     assert any(".multi_layers.0.aug_dense.weight" in k for k in state)
     assert "bert.encoder.mult_aug_dense.0.weight" in state
     original = tmp_path / "pals_model.bin"
@@ -563,7 +568,7 @@ def chained_run(workspace):
 
 @pytest.mark.slow
 def test_chained_run_logs_per_problem_and_predicts_its_logged_scores(chained_run, tmp_path):
-    log = [json.loads(line) for line in (chained_run / multitask.TRAIN_LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (chained_run / run_files.TRAIN_LOG).read_text().splitlines()]
     counts = [r["task_counts"] for r in log if "task_counts" in r]
     assert all(set(c) == {"pku_cws&pku_ner&pku_entity_types", "pku_pos"} and sum(c.values()) == 3 for c in counts)
     losses = [r for r in log if "loss" in r]
@@ -573,16 +578,16 @@ def test_chained_run_logs_per_problem_and_predicts_its_logged_scores(chained_run
     for steps in by_step.values():  # an & group's members are trained on the same steps: equal counts
         members = [steps[t] for t in ("pku_cws", "pku_ner", "pku_entity_types") if t in steps]
         assert len(set(members)) <= 1 and len(members) in (0, 3)
-    config = json.loads((chained_run / multitask.CONFIG_FILE).read_text())
+    config = json.loads((chained_run / run_files.CONFIG_FILE).read_text())
     assert config["task_groups"] == [["pku_cws", "pku_ner", "pku_entity_types"], ["pku_pos"]]
-    state = torch.load(chained_run / multitask.BEST_MODEL, weights_only=True)
+    state = torch.load(chained_run / run_files.BEST_MODEL, weights_only=True)
     assert state["bert.encoder.layer.0.attention.self.query_task_emb.weight"].shape[0] == 2  # a row per group
     assert state["classifier.3.weight"].shape[0] == len(config["task_labels"]["pku_pos"])  # a head per problem
     run_script("--model_dir", chained_run, "--output_dir", tmp_path, "--split", "dev")
-    best = [json.loads(line) for line in (chained_run / multitask.EVAL_LOG).read_text().splitlines()]
+    best = [json.loads(line) for line in (chained_run / run_files.EVAL_LOG).read_text().splitlines()]
     best = [e for e in best if e["best"]][-1]
     results = json.loads((tmp_path / run_test_multi_task.DEV_RESULTS).read_text())
-    assert results["scores"] == best["scores"] and results["glue_score"] == best["glue_score"]
+    assert results["scores"] == best["scores"] and results["mean_score"] == best["mean_score"]
     assert {p.name for p in tmp_path.iterdir()} >= {"pku_cws.conll", "pku_ner.conll", "pku_pos.conll",
                                                     "pku_entity_types.tsv"}
 
@@ -620,7 +625,7 @@ def masked_run(workspace):
 def test_masked_problems_are_scored_with_split_dev_and_write_no_file(masked_run, tmp_path, capsys):
     out = tmp_path / "dev"
     run_script("--model_dir", masked_run, "--output_dir", out, "--split", "dev")
-    evals = [json.loads(line) for line in (masked_run / multitask.EVAL_LOG).read_text().splitlines()]
+    evals = [json.loads(line) for line in (masked_run / run_files.EVAL_LOG).read_text().splitlines()]
     best = [e for e in evals if e["best"]][-1]
     assert set(best["scores"]["cola_mlm"]) == {"acc", "perplexity"}
     assert set(best["scores"]["news_pretrain"]) == {"mlm_acc", "nsp_acc", "perplexity"}
@@ -634,8 +639,8 @@ def test_masked_problems_are_scored_with_split_dev_and_write_no_file(masked_run,
     run_script("--model_dir", masked_run, "--output_dir", test_out)
     assert "cola_mlm (mask_lm: no prediction file; --split dev reports its metrics)" in capsys.readouterr().out
     assert "CoLA.tsv" in written_files(test_out)
-    config = json.loads((masked_run / multitask.CONFIG_FILE).read_text())
+    config = json.loads((masked_run / run_files.CONFIG_FILE).read_text())
     assert config["problems"]["cola_mlm"]["inputs_of"] == "cola"  # rebuilt from the run directory alone
-    state = torch.load(masked_run / multitask.BEST_MODEL, weights_only=True)
+    state = torch.load(masked_run / run_files.BEST_MODEL, weights_only=True)
     assert "classifier.1.weight" not in state and "cls.predictions.bias" in state  # the LM head is BERT's, shared
     assert "cls.seq_relationship.weight" in state and "cls.predictions.decoder.weight" not in state
