@@ -17,11 +17,11 @@ import glue_processors
 import problem_types
 import masking
 import readers
-from features import Features
 from cmudict import CMUDICT_PROBLEMS
+from features import Features
 from glue_processors import TASK_ALIASES, TASKS
 from pku import PKU_PROBLEMS
-from problem_record import Problem, SplitFormat, problem_from_record  # noqa: F401 (run_test_multi_task reads it here)
+from problem_record import Problem, SplitFormat
 from tokenization import FullTokenizer
 
 # Bump when features of the non-GLUE problems change without their inputs changing (word rows, the cut, labels);

@@ -20,6 +20,7 @@ import torch
 import cmudict
 import metrics
 import multitask
+import problem_record
 import problem_types
 import problems
 import problems_file
@@ -74,7 +75,7 @@ def test_problems_file_keys_defaults_and_record():
     settings = second.decoder
     assert (settings.max_target_length, settings.decoder_layers, settings.decoder_init, settings.num_beams,
             settings.length_penalty, settings.bleu_tokenize) == (24, 2, "random", 1, 1.0, "13a")
-    assert problems.problem_from_record(json.loads(json.dumps(second.to_record()))) == second
+    assert problem_record.problem_from_record(json.loads(json.dumps(second.to_record()))) == second
     assert read["mrpc_quality"].decoder is None
 
 
