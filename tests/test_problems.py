@@ -91,13 +91,14 @@ def tag_problem(labels, name="tags"):
 def test_types_table_decides_the_head_input():
     assert set(TYPES) == set(problem_types.NAMES) == {t.name for t in TYPES.values()}
     assert all(callable(t.loss) and callable(t.build_head) for t in TYPES.values())  # each type its head and loss
-    assert set(problem_types.NAMES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain"}
+    assert set(problem_types.NAMES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain",
+                                        "seq2seq_text", "seq2seq_tag"}
     assert {name: t.reads for name, t in TYPES.items()} == {
         "cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens", "mask_lm": "masked",
-        "pretrain": "masked"}
+        "pretrain": "masked", "seq2seq_text": "tokens", "seq2seq_tag": "tokens"}
     assert {name: t.file_suffix for name, t in TYPES.items()} == {
         "cls": ".tsv", "regression": ".tsv", "multi_cls": ".tsv", "seq_tag": ".conll", "mask_lm": None,
-        "pretrain": None}
+        "pretrain": None, "seq2seq_text": ".tsv", "seq2seq_tag": ".tsv"}
 
 
 def test_glue_rows_are_problems_with_their_quirks_as_fields():
