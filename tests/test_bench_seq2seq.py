@@ -2,6 +2,8 @@
 the generated outputs checked equal before timing; its JSON round trip; skipped with a note without CMUdict."""
 import json
 
+import pytest
+
 import bench
 import bench_seq2seq
 from conftest import ROOT, minilm_dir, require
@@ -24,6 +26,7 @@ def run_bench(tmp_path, *flags):
     return saved
 
 
+@pytest.mark.slow
 def test_seq2seq_section_on_real_cmudict_batches(tmp_path, capsys):
     transformers_or_skip()
     data_dir = ROOT.parent / "shared"

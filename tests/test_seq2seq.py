@@ -271,6 +271,7 @@ def test_cmudict_spelled_out_input_is_one_token_per_letter(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ training runs
 
+@pytest.mark.slow
 def test_group_of_a_seq2seq_and_a_cls_problem_trains_predicts_and_scores_as_logged(tmp_path, tiny_config):
     out = tmp_path / "run"
     run(command(out, tiny_config, tmp_path / "cache", "mrpc_second&mrpc_quality", "--num_train_epochs", 2,
