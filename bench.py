@@ -8,6 +8,7 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
     python bench.py --device cpu --sections group     # an & group of three People's Daily problems
     python bench.py --device cpu --sections mlm       # a masked-LM step against transformers' BertForMaskedLM
     python bench.py --device cpu --sections seq2seq   # seq2seq training and generation against EncoderDecoderModel
+    python bench.py --device cpu --sections onnx      # evaluation on onnxruntime against ours (bench_onnx.py)
 
 The paths, fed the identical batches:
   (1) ours         one step of multitask.main's loop as run_multi_task.py runs it with the device's default
@@ -102,6 +103,7 @@ import features
 import hardware
 import modeling
 import problems
+from bench_onnx import onnx_section, print_onnx_section
 from bench_problems import (GROUP_PROBLEMS, data_section, group_section, mlm_section, print_group_section,
                             print_mlm_section)
 from bench_seq2seq import SEQ2SEQ_PROBLEM, print_seq2seq_section, seq2seq_section
@@ -171,6 +173,8 @@ SECTIONS = {
     "data": Section(data_section, glue=False),
     "seq2seq": Section(seq2seq_section, glue=False, printer=print_seq2seq_section,
                        title=f"seq2seq: {SEQ2SEQ_PROBLEM}, ours against transformers.EncoderDecoderModel"),
+    "onnx": Section(onnx_section, glue=False, printer=print_onnx_section,
+                    title="onnx eval: onnxruntime against ours, CPU, one thread, batch {args.eval_batch_size}"),
 }
 
 

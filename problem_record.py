@@ -15,6 +15,13 @@ from problem_types import DEFAULT_LABEL_SEPARATOR
 # How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
 # accuracy, say), as the original code did; other problems use their first metric.
 SCORE_RULES = ("mean", "first")
+# What one input of a problem is (Problem.inputs): a text, a pair of texts, or a list of words.
+TEXT_INPUT, PAIR_INPUT, WORDS_INPUT = "text", "pair", "words"
+SPELLED_INPUT = "spelled"  # one word, given as written and spelled out into one token per character (cmudict.py)
+
+
+def _texts(columns):
+    return PAIR_INPUT if len(columns) == 2 else TEXT_INPUT
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,10 @@ class SplitFormat:
     index_column: int | None = None  # test files: the `index`/`id` column written back into submissions
     skip_malformed_rows: bool = False  # QQP train/dev: skip rows with the wrong number of fields, as the original did
 
+    @property
+    def inputs(self):
+        return _texts(self.text_columns)
+
 
 @dataclass(frozen=True)
 class TsvSplit:
@@ -38,6 +49,10 @@ class TsvSplit:
     label: str | None  # label column (optional on test)
     index: str | None = None  # test: the column written as `index` in predictions (default: the row number)
     label_separator: str = DEFAULT_LABEL_SEPARATOR  # multi_cls: labels joined in one field
+
+    @property
+    def inputs(self):
+        return _texts(self.text)
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,7 @@ class JsonlSplit(TsvSplit):
 class ConllSplit:
     """One token per line, whitespace-separated columns, a blank line between sentences, -DOCSTART- lines skipped."""
     format: ClassVar[str] = "conll"
+    inputs: ClassVar[str] = WORDS_INPUT
     file: str
     token_column: int = 0
     label_column: int = -1  # -1 = the last column
@@ -59,6 +75,7 @@ class ConllSplit:
 class PkuSplit:
     """People's Daily 1998: the train or dev sentences of 199801.txt, with the tags of one problem."""
     format: ClassVar[str] = "pku"
+    inputs: ClassVar[str] = WORDS_INPUT
     file: str
     part: str  # "train" or "dev"
     tags: str  # a key of PKU_TAGGERS
@@ -68,6 +85,7 @@ class PkuSplit:
 class TextSplit:
     """Plain text. mask_lm: one text per line; pretrain: one sentence per line, a blank line between documents."""
     format: ClassVar[str] = "text"
+    inputs: ClassVar[str] = TEXT_INPUT
     file: str
 
 
@@ -76,6 +94,7 @@ class PkuDocumentsSplit:
     """People's Daily 1998 as documents (pretrain): a paragraph (a line of 199801.txt) is a document of sentences
     split as the other PKU problems split them; the train or dev paragraphs."""
     format: ClassVar[str] = "pku_documents"
+    inputs: ClassVar[str] = PAIR_INPUT  # sentence pairs of a document
     file: str
     part: str  # "train" or "dev"
 
@@ -84,6 +103,7 @@ class PkuDocumentsSplit:
 class CmudictSplit:
     """The CMU Pronouncing Dictionary (cmudict.py): the train, dev or test words of cmudict.dict, split by word."""
     format: ClassVar[str] = "cmudict"
+    inputs: ClassVar[str] = SPELLED_INPUT
     file: str
     part: str  # "train", "dev" or "test"
 
@@ -133,6 +153,11 @@ class Problem:
     def num_labels(self):
         """Outputs of the problem's own head (classifier.N); 0 for a masked LM (BERT's pre-training heads)."""
         return problem_types.of(self).num_outputs(self)
+
+    @property
+    def inputs(self):
+        """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same)."""
+        return next(iter(self.splits.values())).inputs
 
     @property
     def dev_splits(self):

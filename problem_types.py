@@ -19,11 +19,8 @@ problem's type object (`of(problem)`) and never compares a type with a name.
 A new type is a subclass of `ProblemType` (a head class in heads.py when none of the existing ones reads the encoder
 its way) and a line in `TYPES`.
 """
-import functools
-import logging
 import math
 import re
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +28,8 @@ import torch.nn.functional as F
 import features as feats
 import heads
 import metrics
-import modeling_seq2seq
-import tokenization
-from features import IGNORE_INDEX, PAD_ID
-from modeling_seq2seq import DECODER_KEYS, DecoderSettings
+from features import IGNORE_INDEX
 from run_files import write_text
-
-logger = logging.getLogger("embert")
 
 # multi_cls: a label is predicted when its sigmoid exceeds this (the seed's threshold).
 MULTI_LABEL_THRESHOLD = 0.5
@@ -60,13 +52,6 @@ PRETRAIN_METRICS = ("mlm_acc", "nsp_acc", "perplexity")  # perplexity: the maske
 LM_STATISTICS = ("masked", "loss", "correct", "pairs", "next_correct")
 # Labels listed in an error message; a longer list (pku_pos has 176) is cut, with its length.
 SHOWN_LABELS = 20
-GENERATED_TEXT_METRICS = ("bleu", "exact_match")  # seq2seq_text
-GENERATED_SYMBOL_METRICS = ("seq_acc", "token_error_rate")  # seq2seq_tag
-# seq2seq_tag's decoder vocabulary: these three, then the problem's symbols in its labels' order.
-SYMBOL_PAD, SYMBOL_START, SYMBOL_END = 0, 1, 2
-SYMBOL_SPECIALS = 3
-# BERT's usual detokenisation: word pieces joined by spaces, a continuation piece's " ##" removed.
-CONTINUATION = " ##"
 
 
 def span_scheme(labels):
@@ -121,6 +106,7 @@ class ProblemType:
     scaled = False  # takes label_scale (targets are label / label_scale)
     takes_inputs_of = False  # may read another problem's inputs (X_mlm, "inputs_of")
     generates = False  # a decoder generates its output sequence (Problem.decoder holds its settings)
+    not_exported = None  # why export_onnx.py leaves the type's problems out of the graphs (None: it exports them)
 
     # ---------------------------------------------------------------- the record
 
@@ -239,8 +225,22 @@ class ProblemType:
             raise ValueError(f"{problem.name}: a score needs at least one metric")
         return metrics.mean_of(values) if problem.score_rule == "mean" else next(iter(values.values()))
 
-    def prediction_strings(self, problem, predictions):
+    def prediction_values(self, problem, predictions):
+        """One Python value per example (row) of `decide`'s predictions: cls its label."""
         return [problem.labels[i] for i in torch.as_tensor(predictions).tolist()]
+
+    def prediction_strings(self, problem, predictions):
+        """The prediction file's field per example: the value as text."""
+        return self.prediction_values(problem, predictions)
+
+    def input_values(self, problem, predictions, features):
+        """One value per input the features were made from (inference.Predictor): an example's."""
+        return self.prediction_values(problem, predictions)
+
+    def export_logits(self, logits):
+        """The head's logits as the exported graph outputs them: (B, L) from the pooled output, (B, T, L) at every
+        input position from the tokens (a word's tag is read at its first piece)."""
+        return logits
 
     def write(self, problem, split, predictions, features, path, read_examples):
         """`index<TAB>prediction` per example: the file's index on test (GLUE's, or the row number), else the row.
@@ -301,13 +301,21 @@ class RegressionType(ProblemType):
     def decide(self, logits):
         return logits[:, 0]  # in label / label_scale units
 
-    def prediction_strings(self, problem, predictions):
-        """The value x label_scale, clipped to [0, label_scale]: GLUE's server files with fixed decimals."""
+    def prediction_values(self, problem, predictions):
+        """The value x label_scale, clipped to [0, label_scale]: in the label's units, as floats."""
         values = torch.as_tensor(predictions).float().cpu()
         if problem.label_scale is not None:
             values = (values * problem.label_scale).clamp(0.0, problem.label_scale)
+        return values.tolist()
+
+    def prediction_strings(self, problem, predictions):
+        """The values with REGRESSION_DIGITS significant digits; GLUE's server files with fixed decimals."""
         spec = f".{SUBMISSION_DECIMALS}f" if problem.submission_files else f".{REGRESSION_DIGITS}g"
-        return [f"{value:{spec}}" for value in values.tolist()]
+        return [f"{value:{spec}}" for value in self.prediction_values(problem, predictions)]
+
+    def export_logits(self, logits):
+        """(B,): the one output, before label_scale."""
+        return logits[:, 0]
 
 
 class MultiLabelType(ProblemType):
@@ -365,10 +373,24 @@ class MultiLabelType(ProblemType):
         except ValueError as error:
             raise ValueError(f"{problem.name} {split}: {error}") from None
 
+    def prediction_values(self, problem, predictions):
+        """The labels predicted for each row, in the problem's label order."""
+        return [[label for label, on in zip(problem.labels, row) if on]
+                for row in torch.as_tensor(predictions).bool().tolist()]
+
     def prediction_strings(self, problem, predictions):
         """The labels predicted, joined by ","."""
-        return [DEFAULT_LABEL_SEPARATOR.join(label for label, on in zip(problem.labels, row) if on)
-                for row in torch.as_tensor(predictions).bool().tolist()]
+        return [DEFAULT_LABEL_SEPARATOR.join(labels) for labels in self.prediction_values(problem, predictions)]
+
+    def input_values(self, problem, predictions, features):
+        """Labels per input; a sentence of words cut into several rows has the labels of any of its rows."""
+        rows = self.prediction_values(problem, predictions)
+        if features.sentence is None:
+            return rows
+        found = [set() for _ in range(int(features.sentence.max()) + 1)]
+        for sentence, labels in zip(features.sentence.tolist(), rows):
+            found[sentence].update(labels)
+        return [[label for label in problem.labels if label in labels] for labels in found]
 
 
 class SequenceTaggingType(ProblemType):
@@ -403,6 +425,10 @@ class SequenceTaggingType(ProblemType):
         """(N,) per packed token. [CLS], [SEP] and non-first word pieces are labelled IGNORE_INDEX: no loss there,
         and padding is never a class (bert-multitask-learning's bug)."""
         return token_loss(logits, labels, denominator)
+
+    def input_values(self, problem, predictions, features):
+        """One tag per word of each input sentence (the rows of a cut sentence joined)."""
+        return self.sentence_tags(problem, features, predictions)
 
     def sentence_tags(self, problem, features, token_values):
         """Per-token label ids in input_ids order (predictions, or token_labels) -> one list of tags per sentence of
@@ -447,6 +473,7 @@ class MaskedLMType(ProblemType):
     masks_inputs = True
     takes_inputs_of = True
     file_suffix = None
+    not_exported = "its head predicts the masked tokens of inputs masked for it, which a served graph is not given"
     formats = ("text", "tsv", "jsonl")
 
     def num_outputs(self, problem):
@@ -539,219 +566,16 @@ class PreTrainingType(MaskedLMType):
         return batch["masked_labels"], batch["labels"]
 
 
-@dataclass
-class GeneratedSplit:
-    """A seq2seq problem's predictions on a split: per example, the generated text (seq2seq_text) or symbols
-    (seq2seq_tag, a tuple), and the references put through the same decoding (None on an unlabelled split)."""
-
-    predicted: list
-    references: list | None
-
-
-class Seq2SeqType(ProblemType):
-    """Sequence to sequence: a BERT decoder (modeling_seq2seq.Seq2SeqHead) on the encoder's token states generates
-    the target. Labels: per example [start, target..., end], int64 (N, longest + 2) padded with IGNORE_INDEX, the
-    training targets cut to max_target_length tokens (the end included); the loss is the cross-entropy of the
-    teacher-forced decoder over the target tokens, normalised over the step's target tokens (labelled_tokens)."""
-
-    head = modeling_seq2seq.Seq2SeqHead
-    reads = "tokens"
-    has_label_list = False
-    generates = True
-    formats = ("tsv", "jsonl")
-    keys = tuple(key for key in DECODER_KEYS if key != "bleu_tokenize")
-
-    def num_outputs(self, problem):
-        return 0  # no classifier.N.weight: the head is a decoder (its vocabulary is its type's)
-
-    def vocabulary_size(self, problem):
-        """The head's own vocabulary size, or None to share the encoder's."""
-        return None
-
-    def build_head(self, config, num_outputs, problem=None):
-        if problem is None:
-            raise ValueError(f"a {self.name} head is built from its problem (its decoder settings)")
-        if problem.decoder.max_target_length > config.max_position_embeddings:
-            raise ValueError(f"problem {problem.name}: max_target_length {problem.decoder.max_target_length} is more "
-                             f"than the config's max_position_embeddings {config.max_position_embeddings} (the "
-                             "decoder's positions)")
-        return self.head(config, problem.decoder.decoder_layers, self.vocabulary_size(problem))
-
-    def initialize_head(self, problem, model, head):
-        if problem.decoder.decoder_init == "encoder":
-            modeling_seq2seq.initialize_from_encoder(model.classifier[head], model)
-
-    def settings_from_spec(self, spec):
-        return {"decoder": DecoderSettings(**{key: spec[key] for key in self.keys if key in spec})}
-
-    def default_metrics(self, labels):
-        return GENERATED_TEXT_METRICS
-
-    def label_encoder(self, tokenizer, split):
-        return functools.partial(self.encode_targets, tokenizer=tokenizer, split=split)
-
-    def special_ids(self, tokenizer):
-        """(start, end) ids of the decoder's vocabulary."""
-        return tokenizer.vocab["[CLS]"], tokenizer.vocab["[SEP]"]  # BERT2BERT's
-
-    def targets(self, problem, examples, tokenizer):
-        """Each example's target token ids, without start and end."""
-        return [tokenizer.encode(example.label) for example in examples]
-
-    def encode_targets(self, problem, examples, features, tokenizer, split):
-        """int64 (N, 2 + longest target): [start, target..., end] per example, IGNORE_INDEX after. A training target
-        longer than max_target_length (the end token included) keeps its first max_target_length - 1 tokens and
-        its end token, with one warning for the split."""
-        if not _labelled(problem, examples):
-            return None, None
-        start, end = self.special_ids(tokenizer)
-        targets = self.targets(problem, examples, tokenizer)
-        empty = next((example for example, target in zip(examples, targets) if not target), None)
-        if empty is not None:
-            raise ValueError(f"{problem.name} {split} line {empty.guid.rsplit('-', 1)[1]}: the target {empty.label!r} "
-                             "has no tokens")
-        room = problem.decoder.max_target_length - 1
-        longer = sum(len(target) > room for target in targets)
-        if split == "train" and longer:
-            logger.warning(f"{problem.name} {split}: {longer} of {len(targets)} targets are longer than "
-                           f"max_target_length {problem.decoder.max_target_length} (end token included): cut")
-            targets = [target[:room] for target in targets]
-        labels = torch.full((len(targets), 2 + max(map(len, targets))), IGNORE_INDEX, dtype=torch.int64)
-        for row, target in enumerate(targets):
-            labels[row, :len(target) + 2] = torch.tensor([start, *target, end])
-        return labels, None
-
-    def example_labels(self, features, indices):
-        """(B, T): the examples' labels, cut to the longest of them."""
-        labels = features.labels[indices]
-        return labels[:, :int((labels != IGNORE_INDEX).sum(1).max())]
-
-    def labelled_tokens(self, features, indices):
-        return int((features.labels[indices][:, 1:] != IGNORE_INDEX).sum())
-
-    def loss(self, memory, labels, denominator=None):
-        """memory: the head's EncoderMemory, labels (B, T) [start, target..., end]: the decoder reads labels[:, :-1]
-        (causally: what follows a row's end token changes none of its logits) and predicts labels[:, 1:]; the
-        output layer runs on the target tokens alone."""
-        inputs, targets = labels[:, :-1].clamp(min=PAD_ID), labels[:, 1:]
-        states = memory.decoder.hidden_states(memory, inputs)  # (B, T - 1, H)
-        real = targets != IGNORE_INDEX
-        return token_loss(memory.decoder.logits(memory, states[real]), targets[real], denominator)
-
-    def generation_ids(self, problem, split_pass):
-        """(start, end) of generation: an encoder input's first and last tokens, [CLS] and [SEP]."""
-        features = split_pass.features
-        return int(features.input_ids[0]), int(features.input_ids[features.offsets[1] - 1])
-
-    def decode(self, problem, ids, split_pass):
-        """A token id list (no start, no end) -> what is scored and written: the word pieces joined, " ##" removed."""
-        if split_pass.vocab_file is None:
-            raise ValueError(f"{problem.name}: decoding generated word pieces needs the vocabulary file")
-        pieces = _id_to_piece(str(split_pass.vocab_file))
-        return " ".join(pieces[i] for i in ids).replace(CONTINUATION, "")
-
-    def predict(self, problem, split_pass):
-        """Generation over the split (greedy, or beam search with num_beams), batch by batch from the encoder's
-        states; the references decoded from the labels alike."""
-        settings, device = problem.decoder, split_pass.device
-        start, end = self.generation_ids(problem, split_pass)
-        generated = [None] * len(split_pass.features)
-        for indices, batch, memory in split_pass.batches():
-            with torch.no_grad(), torch.autocast(device.type, dtype=split_pass.autocast_dtype,
-                                                 enabled=split_pass.autocast_dtype is not None):
-                ids = modeling_seq2seq.generate(memory.decoder, memory, start, end, PAD_ID,
-                                                settings.max_target_length, settings.num_beams,
-                                                settings.length_penalty)
-            for i, row in zip(indices.tolist(), ids.tolist()):
-                generated[i] = row[:row.index(end)] if end in row else row
-        labels = split_pass.features.labels
-        references = None if labels is None else [
-            self.decode(problem, [i for i in row[1:] if i not in (IGNORE_INDEX, end)], split_pass)
-            for row in labels.tolist()]
-        return GeneratedSplit([self.decode(problem, row, split_pass) for row in generated], references)
-
-    def metrics(self, problem, split, predictions, features):
-        return metrics.generated_text_metrics(problem.metrics[split], predictions.predicted, predictions.references,
-                                              problem.decoder.bleu_tokenize)
-
-    def prediction_strings(self, problem, predictions):
-        return list(predictions.predicted)
-
-
-class Seq2SeqTextType(Seq2SeqType):
-    name = "seq2seq_text"
-    keys = DECODER_KEYS
-
-    def parse_label(self, value, separator, where):
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: the target (label) {value!r} is not a string")
-        if not value.strip():
-            raise ValueError(f"{where}: the target (label) is empty")
-        return value
-
-    def check_labels(self, problem, path, examples, lines_of):
-        """Any text (parse_label refused empty ones)."""
-
-
-class Seq2SeqTagType(Seq2SeqType):
-    """The target is a sequence of the problem's symbols (its labels), decoded with a symbol table of its own."""
-
-    name = "seq2seq_tag"
-    has_label_list = True
-
-    def vocabulary_size(self, problem):
-        return SYMBOL_SPECIALS + len(problem.labels)
-
-    def default_metrics(self, labels):
-        return GENERATED_SYMBOL_METRICS
-
-    def parse_label(self, value, separator, where):
-        """Symbols separated by whitespace, or a JSON list of them."""
-        if isinstance(value, str):
-            symbols = value.split()
-        elif isinstance(value, list) and all(isinstance(item, str) and item and not item.isspace() for item in value):
-            symbols = value
-        else:
-            raise ValueError(f"{where}: the target (label) {value!r} is neither symbols separated by spaces nor a "
-                             "JSON list of non-empty strings")
-        if not symbols:
-            raise ValueError(f"{where}: the target (label) is empty")
-        return tuple(symbols)
-
-    def label_values(self, example):
-        return example.label or ()
-
-    def special_ids(self, tokenizer):
-        return SYMBOL_START, SYMBOL_END
-
-    def targets(self, problem, examples, tokenizer):
-        ids = {symbol: SYMBOL_SPECIALS + j for j, symbol in enumerate(problem.labels)}
-        return [[ids[symbol] for symbol in example.label] for example in examples]
-
-    def generation_ids(self, problem, split_pass):
-        return SYMBOL_START, SYMBOL_END
-
-    def decode(self, problem, ids, split_pass):
-        """Symbol ids -> the symbols (a tuple); a special id generated mid-sequence shows as its name."""
-        names = ("<pad>", "<start>", "<end>", *problem.labels)
-        return tuple(names[i] for i in ids)
-
-    def metrics(self, problem, split, predictions, features):
-        return metrics.generated_symbol_metrics(problem.metrics[split], predictions.predicted, predictions.references)
-
-    def prediction_strings(self, problem, predictions):
-        return [" ".join(symbols) for symbols in predictions.predicted]
-
-
-@functools.lru_cache(maxsize=4)
-def _id_to_piece(vocab_file):
-    """A vocabulary's word pieces in id order."""
-    return list(tokenization.load_vocab(vocab_file))
-
-
 TYPES = {t.name: t for t in (ClassificationType(), RegressionType(), MultiLabelType(), SequenceTaggingType(),
-                             MaskedLMType(), PreTrainingType(), Seq2SeqTextType(), Seq2SeqTagType())}
+                             MaskedLMType(), PreTrainingType())}
 NAMES = tuple(TYPES)
+
+
+def register(*types):
+    """Add problem types to the registry (seq2seq_types.py adds seq2seq_text and seq2seq_tag when it is imported)."""
+    global NAMES
+    TYPES.update({t.name: t for t in types})
+    NAMES = tuple(TYPES)
 
 
 def get(name):
@@ -769,3 +593,8 @@ def of(problem):
 def glue_types(num_labels_per_task):
     """GLUE's heads by their width, as the original code chose its loss: 1 output is regression (STS-B)."""
     return [RegressionType.name if n == 1 else ClassificationType.name for n in num_labels_per_task]
+
+
+# The seq2seq types build on ProblemType in a module of their own, which registers them: imported last, so that it
+# finds this module complete (and registers them the same when it is imported first).
+import seq2seq_types  # noqa: E402,F401

@@ -196,10 +196,11 @@ def load_model(method, config, heads, state, path, user_problems=None, num_group
     return model.eval()
 
 
-def load_run_directory(args):
-    """A training run's output directory: the model, tokenizer settings and defaults all come from its files."""
+def load_run_directory(args, model_file=BEST_MODEL):
+    """A training run's output directory: the model (`model_file`: its best model, or LAST_CHECKPOINT's), tokenizer
+    settings and defaults all come from its files."""
     directory = Path(args.model_dir)
-    needed = [directory / name for name in (CONFIG_FILE, VOCAB_FILE, BEST_MODEL)]
+    needed = [directory / name for name in (CONFIG_FILE, VOCAB_FILE, model_file)]
     absent = [path.name for path in needed if not path.is_file()]
     if absent:
         fail(f"--model_dir {directory} lacks {', '.join(absent)}: expected a training run's --output_dir "

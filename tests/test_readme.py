@@ -5,6 +5,7 @@ import shlex
 
 import pytest
 
+import export_onnx
 import multitask
 import run_multi_task
 import run_multi_task_gated
@@ -18,6 +19,7 @@ PARSERS = {
     "run_multi_task_gated.py": lambda argv: multitask.parse_args(run_multi_task_gated.__doc__, argv),
     "run_multi_task_pals.py": lambda argv: multitask.parse_args(run_multi_task_pals.__doc__, argv),
     "run_test_multi_task.py": run_test_multi_task.parse_args,
+    "export_onnx.py": export_onnx.parse_args,
 }
 
 

@@ -18,6 +18,7 @@ import sacrebleu
 import torch
 
 import cmudict
+import inference
 import metrics
 import multitask
 import problem_record
@@ -27,6 +28,7 @@ import problems_file
 import readers
 import run_multi_task
 import run_test_multi_task
+import seq2seq_types
 from conftest import FIXTURES, ROOT, minilm_dir, require
 from helpers import interrupt_at_step, read_jsonl, write_problems
 from tokenization import FullTokenizer
@@ -264,8 +266,8 @@ def test_cmudict_spelled_out_input_is_one_token_per_letter(tmp_path):
     assert features.index == [e.index for e in examples]
     symbols = problems.get_problem("cmudict_g2p").labels
     first = features.labels[0]
-    assert first[0] == problem_types.SYMBOL_START and \
-        [symbols[i - problem_types.SYMBOL_SPECIALS] for i in first[1:len(examples[0].label) + 1]] == \
+    assert first[0] == seq2seq_types.SYMBOL_START and \
+        [symbols[i - seq2seq_types.SYMBOL_SPECIALS] for i in first[1:len(examples[0].label) + 1]] == \
         list(examples[0].label)
 
 
@@ -297,6 +299,9 @@ def test_group_of_a_seq2seq_and_a_cls_problem_trains_predicts_and_scores_as_logg
     lines = (predictions / "mrpc_second.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 129
     assert all(line.split("\t")[0] == str(i) and "##" not in line for i, line in enumerate(lines[1:]))
+    sentences = [line.split("\t")[0] for line in (MRPC_PAIRS / "dev.tsv").read_text().splitlines()[1:4]]
+    predictor = inference.Predictor.from_run(out)
+    assert predictor.predict("mrpc_second", sentences) == [line.split("\t")[1] for line in lines[1:4]]
 
     test = tmp_path / "test"
     run_test_multi_task.main(run_test_multi_task.parse_args(
@@ -345,6 +350,15 @@ def test_ctrl_c_then_resume_gives_bit_identical_weights_with_seq2seq_problems(tm
     assert [e["scores"] for e in read_jsonl(interrupted / "eval_results.jsonl")] == \
            [e["scores"] for e in read_jsonl(tmp_path / "straight" / "eval_results.jsonl")]
 
+    # The Predictor takes a word as written and spells it out as cmudict_g2p's inputs are; it predicts what
+    # run_test_multi_task.py writes for that dev word.
+    run_test_multi_task.main(run_test_multi_task.parse_args(
+        ["--model_dir", str(interrupted), "--output_dir", str(tmp_path / "dev"), "--split", "dev", "--no_cuda",
+         "--tasks", "cmudict_g2p"]))
+    written = dict(line.split("\t") for line in (tmp_path / "dev" / "cmudict_g2p.tsv").read_text().splitlines()[1:])
+    symbols = inference.Predictor.from_run(interrupted).predict("cmudict_g2p", ["lead", "aalseth"])
+    assert [" ".join(s) for s in symbols] == [written["lead"], written["aalseth"]]
+
 
 @pytest.mark.slow
 def test_two_process_torchrun_matches_one_process_with_seq2seq_problems(tmp_path, tiny_config):
@@ -378,7 +392,7 @@ def test_run_test_num_beams_must_be_positive():
 def test_prediction_file_of_seq2seq_tag_joins_symbols_by_one_space(tmp_path):
     problem = problems.get_problem("cmudict_g2p")
     kind = problem_types.of(problem)
-    predictions = problem_types.GeneratedSplit([("R", "EH1", "D"), ()], None)
+    predictions = seq2seq_types.GeneratedSplit([("R", "EH1", "D"), ()], None)
 
     class Rows:  # what write reads of the features: the words as written
         index = ["read", "a"]
