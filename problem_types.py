@@ -17,7 +17,8 @@ metrics and score, its prediction file, and which problems-file keys and formats
 problem's type object (`of(problem)`) and never compares a type with a name.
 
 A new type is a subclass of `ProblemType` (a head class in heads.py when none of the existing ones reads the encoder
-its way) and a line in `TYPES`.
+its way) and a line in `TYPES`; a larger one may live in a module of its own that calls `register`, as the seq2seq
+types do (seq2seq_types.py, imported at the end of this module).
 """
 import math
 import re
