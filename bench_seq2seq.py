@@ -33,7 +33,7 @@ from bench_training import (BATCH_SIZE, LEARNING_RATE, MAX_SEQ_LENGTH, SEED_RUN_
 from features import IGNORE_INDEX, PAD_ID, make_batch
 from hardware import AUTOCAST_DTYPES, PAD_MULTIPLE, to_device
 from methods import METHODS
-from problem_types import SYMBOL_END, SYMBOL_START
+from seq2seq_types import SYMBOL_END, SYMBOL_START
 from train_step import BatchPlan, token_denominators, training_batch, training_step
 
 SEQ2SEQ_PROBLEM = "cmudict_g2p"
