@@ -7,6 +7,7 @@ import torch
 
 import modeling
 import modeling_seq2seq
+import problem_types
 from conftest import require
 from features import IGNORE_INDEX
 from helpers import TINY
@@ -206,8 +207,8 @@ def test_encoder_warm_start_copies_the_top_layers_and_leaves_cross_attention_fre
     model = our_model(problem, num_hidden_layers=4)
     head = model.classifier[0]
     fresh = {name: value.clone() for name, value in head.state_dict().items()}
-    problem_types_of = __import__("problem_types").of(problem)
-    problem_types_of.initialize_head(problem, model, 0)
+    kind = problem_types.of(problem)
+    kind.initialize_head(problem, model, 0)
     for d, e in zip(range(DECODER_LAYERS), range(1, 4)):  # decoder layer d <- encoder layer e (the top three)
         encoder_layer = model.bert.encoder.layer[e].state_dict()
         for name, value in head.layer[d].state_dict().items():
@@ -217,7 +218,7 @@ def test_encoder_warm_start_copies_the_top_layers_and_leaves_cross_attention_fre
                 assert torch.equal(value, encoder_layer[name]), name
     assert torch.equal(head.embeddings.position_embeddings.weight, model.bert.embeddings.position_embeddings.weight)
     with pytest.raises(ValueError, match="decoder_layers 3 is more than the encoder's 2 layers"):
-        problem_types_of.initialize_head(problem, our_model(problem), 0)
+        kind.initialize_head(problem, our_model(problem), 0)
 
 
 def test_decoder_parameters_live_under_the_problems_head():
