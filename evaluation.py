@@ -32,6 +32,7 @@ class SplitPass:
     autocast_dtype: torch.dtype | None = None
     pad_to: int | None = None  # hardware.batch_padding
     desc: str | None = None  # progress bar label (None: no bar)
+    vocab_file: object = None  # the vocabulary (a path), where a type decodes generated word pieces
 
     @torch.no_grad()
     def batches(self, masked=False):
@@ -56,10 +57,10 @@ class SplitPass:
 
 
 def predict_split(model, problem, features, row, head, batch_size, device, autocast_dtype=None, pad_to=None,
-                  desc=None):
+                  desc=None, vocab_file=None):
     """`problem`'s predictions on one split (its type's: labels, values, tags; a masked LM's sums over its masked
-    tokens), from head `head` through task row `row`."""
-    split_pass = SplitPass(model, features, row, head, batch_size, device, autocast_dtype, pad_to, desc)
+    tokens; generated text), from head `head` through task row `row`."""
+    split_pass = SplitPass(model, features, row, head, batch_size, device, autocast_dtype, pad_to, desc, vocab_file)
     return problem_types.of(problem).predict(problem, split_pass)
 
 
@@ -79,17 +80,17 @@ def dev_set(problem, features, masking_spec):
     return masking.mask_dev_set(features, masking_spec) if problem_types.of(problem).masks_inputs else features
 
 
-def evaluate(model, eval_sets, problems, batch_size, device, autocast_dtype, pad_to, row_of):
+def evaluate(model, eval_sets, problems, batch_size, device, autocast_dtype, pad_to, row_of, vocab_file=None):
     """Metrics on whole dev sets: {problem: {metric: value}} and the mean of the problems' scores. `problems`: the
     model's problems in head order; eval_sets: (name, split, features) with dev_set's features; row_of: each head's
-    task row."""
+    task row; vocab_file: the run's vocabulary (generated word pieces are decoded with it)."""
     by_name = {p.name: p for p in problems}
     heads = list(by_name)
     scores = {}
     for name, split, features in eval_sets:
         head = heads.index(name)
         predictions = predict_split(model, by_name[name], features, row_of[head], head, batch_size, device,
-                                    autocast_dtype, pad_to, desc=f"eval {name}")
+                                    autocast_dtype, pad_to, desc=f"eval {name}", vocab_file=vocab_file)
         scores.setdefault(name, {}).update(split_metrics(by_name[name], split, predictions, features))
     return scores, mean_score(scores, by_name)
 

@@ -21,6 +21,8 @@ class EncoderOutput:
     masked_index: torch.Tensor | None = None  # (M,): where the masked tokens sit among the N
     pretraining: nn.Module | None = None  # the model's `cls` (modeling.BertPreTrainingHeads), for masked-LM heads
     word_embeddings: torch.Tensor | None = None  # (V, H): the masked-LM decoder's tied weight
+    attention_mask: torch.Tensor | None = None  # (B, T): 1 at real tokens (a seq2seq decoder pads `tokens` back)
+    token_index: torch.Tensor | None = None  # (N,): the real tokens' flat positions b * T + t, with `tokens`
     # (E,): the rows that stand for an example (word inputs: the rows that start a sentence); None: every row
     example_index: torch.Tensor | None = None
 

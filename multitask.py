@@ -547,7 +547,7 @@ def run_evaluation(run, plan, model, eval_sets, progress, epoch):
     if run.is_main:
         by_name = {p.name: p for p in plan.problems}
         scores, overall = evaluation.evaluate(model, eval_sets, plan.problems, run.args.eval_batch_size, run.device,
-                                              run.autocast_dtype, plan.pad_to, plan.row_of)
+                                              run.autocast_dtype, plan.pad_to, plan.row_of, run.args.vocab_file)
         score = evaluation.best_model_score(scores, overall, run.args.metric_for_best_model, by_name)
         is_best = score > progress.best_score
         append_jsonl(run.output_dir / EVAL_LOG, {"epoch": epoch, "global_step": progress.global_step,

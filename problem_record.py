@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 import problem_types
+from modeling_seq2seq import DecoderSettings
 from problem_types import DEFAULT_LABEL_SEPARATOR
 
 # How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
@@ -17,6 +18,7 @@ from problem_types import DEFAULT_LABEL_SEPARATOR
 SCORE_RULES = ("mean", "first")
 # What one input of a problem is (Problem.inputs): a text, a pair of texts, or a list of words.
 TEXT_INPUT, PAIR_INPUT, WORDS_INPUT = "text", "pair", "words"
+SPELLED_INPUT = "spelled"  # one word, given as written and spelled out into one token per character (cmudict.py)
 
 
 def _texts(columns):
@@ -98,8 +100,18 @@ class PkuDocumentsSplit:
     part: str  # "train" or "dev"
 
 
+@dataclass(frozen=True)
+class CmudictSplit:
+    """The CMU Pronouncing Dictionary (cmudict.py): the train, dev or test words of cmudict.dict, split by word."""
+    format: ClassVar[str] = "cmudict"
+    inputs: ClassVar[str] = SPELLED_INPUT
+    file: str
+    part: str  # "train", "dev" or "test"
+
+
 SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
-                                             PkuDocumentsSplit)}
+                                             PkuDocumentsSplit, CmudictSplit)}
+
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ class Problem:
     score_rule: str = "first"  # one of SCORE_RULES
     loss_weight: float = 1.0  # this problem's loss is multiplied by it in every step that trains it
     inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
+    decoder: DecoderSettings | None = None  # seq2seq types: the decoder and its generation
 
     def __post_init__(self):
         try:
@@ -191,6 +204,8 @@ class Problem:
                 value = list(value)
             elif item.name == "metrics":
                 value = {split: list(names) for split, names in value.items()}
+            elif item.name == "decoder" and value is not None:
+                value = asdict(value)
             record[item.name] = value
         return record
 
@@ -206,7 +221,8 @@ def problem_from_record(record):
                                            for key, value in item.items()})
         return Problem(**{**record, "splits": splits,
                           "labels": None if record["labels"] is None else tuple(record["labels"]),
-                          "metrics": {split: tuple(names) for split, names in record["metrics"].items()}})
+                          "metrics": {split: tuple(names) for split, names in record["metrics"].items()},
+                          "decoder": None if record.get("decoder") is None else DecoderSettings(**record["decoder"])})
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"not a problem record ({type(error).__name__}: {error}); expected Problem.to_record()'s "
                          "dict") from None

@@ -7,6 +7,8 @@
     seq_tag     TokenHead (tokens)      token_labels int64 [total tokens]  argmax per token       .conll
     mask_lm     MaskedLMHead (masked)   masked afresh every step           sums over masked       none
     pretrain    PreTrainingHead         NSP labels int64 [N]; masked too   sums over masked       none
+    seq2seq_*   Seq2SeqHead (tokens)    labels int64 [N, T]: start, target generation (greedy,  .tsv
+                                        tokens, end, IGNORE_INDEX after    beam search)
 
 A type object says what its head reads and builds it, its loss and how the loss is normalised (per example, or over
 the step's labelled tokens), how its labels are parsed, checked, encoded and batched, how predictions are made from
@@ -19,7 +21,8 @@ for word inputs (a sentence cut into rows for the tagging problems it shares the
 its labels those of the whole sentence (features.example_rows): trained, scored and written once per example (S).
 
 A new type is a subclass of `ProblemType` (a head class in heads.py when none of the existing ones reads the encoder
-its way) and a line in `TYPES`.
+its way) and a line in `TYPES`; a larger one may live in a module of its own that calls `register`, as the seq2seq
+types do (seq2seq_types.py, imported at the end of this module).
 """
 import math
 import re
@@ -107,12 +110,16 @@ class ProblemType:
     min_labels = 1  # fewest labels found in a training file
     scaled = False  # takes label_scale (targets are label / label_scale)
     takes_inputs_of = False  # may read another problem's inputs (X_mlm, "inputs_of")
+    generates = False  # a decoder generates its output sequence (Problem.decoder holds its settings)
     not_exported = None  # why export_onnx.py leaves the type's problems out of the graphs (None: it exports them)
 
     # ---------------------------------------------------------------- the record
 
     def check_record(self, problem):
         """One-line ValueError for a record the type cannot have."""
+        if (problem.decoder is not None) != self.generates:
+            raise ValueError(f"problem {problem.name}: a {self.name} problem "
+                             f"{'needs decoder settings' if self.generates else 'has no decoder'}")
         if (problem.labels is None) == self.has_label_list:
             raise ValueError(f"problem {problem.name}: a {self.name} problem "
                              f"{'needs its list of labels' if self.has_label_list else 'has no labels'}")
@@ -125,8 +132,16 @@ class ProblemType:
         """Outputs of the problem's own head (its classifier.N)."""
         return len(problem.labels)
 
-    def build_head(self, config, num_outputs):
+    def build_head(self, config, num_outputs, problem=None):
         return self.head(config, num_outputs)
+
+    def initialize_head(self, problem, model, head):
+        """Initialise head `head` of `model` once the checkpoint is loaded, when none of its parameters came from it
+        (checkpoints.build_model); by default its fresh N(0, initializer_range) weights stay."""
+
+    def settings_from_spec(self, spec):
+        """Problem fields of the type's own problems-file keys (ValueError naming a bad key)."""
+        return {}
 
     def default_metrics(self, labels):
         """Metric names of a user problem's dev split."""
@@ -161,6 +176,11 @@ class ProblemType:
                     raise ValueError(f"{path} line {number}: label {value!r} is not one of {problem.name}'s labels "
                                      f"({_shown(problem.labels)})")
 
+    def label_encoder(self, tokenizer, split):
+        """What features.convert_examples calls to encode a split's labels (encode_labels); a type whose labels are
+        text tokenizes them."""
+        return self.encode_labels
+
     def encode_labels(self, problem, examples, features):
         """(Features.labels, Features.token_labels) of a split's examples; (None, None) when it has no labels."""
         if not _labelled(problem, examples):
@@ -173,10 +193,10 @@ class ProblemType:
         that stand for examples (all of them for text inputs; features.example_indices)."""
         return features.labels[feats.example_indices(features, indices)]
 
-    def loss_units(self, features, indices):
-        """What the loss of the rows at `indices` averages over, when micro-batches may hold different numbers of
-        it: their examples for word inputs (a cut sentence's later rows are none); None (a plain mean over the
-        micro-batch's examples) for text inputs."""
+    def labelled_tokens(self, features, indices):
+        """What the loss of the rows at `indices` averages over when micro-batches may hold different amounts of it:
+        a per-token type's labelled tokens; here, on word inputs, the examples among the rows (a cut sentence's later
+        rows are none); None (a plain mean over the micro-batch's examples) for text inputs."""
         return None if features.first_word is None else len(feats.example_indices(features, indices))
 
     # ---------------------------------------------------------------- the model
@@ -416,7 +436,7 @@ class SequenceTaggingType(ProblemType):
         """(N,): the labels of the examples' real tokens, packed in the model's token order."""
         return features.token_labels[feats.packed_positions(features, indices)]
 
-    def loss_units(self, features, indices):
+    def labelled_tokens(self, features, indices):
         """The labelled tokens of the rows at `indices`: a per-token loss's share."""
         return int((self.example_labels(features, indices) != IGNORE_INDEX).sum())
 
@@ -478,7 +498,7 @@ class MaskedLMType(ProblemType):
     def num_outputs(self, problem):
         return 0  # no classifier of its own: BERT's pre-training heads, `cls`, shared
 
-    def build_head(self, config, num_outputs):
+    def build_head(self, config, num_outputs, problem=None):
         return self.head()
 
     def default_metrics(self, labels):
@@ -570,6 +590,13 @@ TYPES = {t.name: t for t in (ClassificationType(), RegressionType(), MultiLabelT
 NAMES = tuple(TYPES)
 
 
+def register(*types):
+    """Add problem types to the registry (seq2seq_types.py adds seq2seq_text and seq2seq_tag when it is imported)."""
+    global NAMES
+    TYPES.update({t.name: t for t in types})
+    NAMES = tuple(TYPES)
+
+
 def get(name):
     """The type object of a type name; ValueError listing the names otherwise."""
     if name not in TYPES:
@@ -585,3 +612,8 @@ def of(problem):
 def glue_types(num_labels_per_task):
     """GLUE's heads by their width, as the original code chose its loss: 1 output is regression (STS-B)."""
     return [RegressionType.name if n == 1 else ClassificationType.name for n in num_labels_per_task]
+
+
+# The seq2seq types build on ProblemType in a module of their own, which registers them: imported last, so that it
+# finds this module complete (and registers them the same when it is imported first).
+import seq2seq_types  # noqa: E402,F401

@@ -17,6 +17,7 @@ import glue_processors
 import problem_types
 import masking
 import readers
+from cmudict import CMUDICT_PROBLEMS
 from features import Features
 from glue_processors import TASK_ALIASES, TASKS
 from pku import PKU_PROBLEMS
@@ -27,9 +28,9 @@ from tokenization import FullTokenizer
 # part of their cache key, beside features.FEATURE_FORMAT_VERSION.
 PROBLEM_FEATURE_FORMAT_VERSION = 2
 
-# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS) and People's Daily's. Every
-# problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
-PROBLEMS = {**TASKS, **PKU_PROBLEMS}
+# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS), People's Daily's and CMUdict's.
+# Every problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
+PROBLEMS = {**TASKS, **PKU_PROBLEMS, **CMUDICT_PROBLEMS}
 MLM_SUFFIX = "_mlm"
 
 
@@ -179,7 +180,7 @@ def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, m
         tokenizer = FullTokenizer(vocab_file, do_lower_case=do_lower_case)
         examples = readers.read_examples(problem, split, data_dir)
         return feats.convert_examples(problem, examples, tokenizer, max_seq_length,
-                                      problem_types.of(problem).encode_labels, num_workers,
+                                      problem_types.of(problem).label_encoder(tokenizer, split), num_workers,
                                       desc=f"tokenizing {problem.name} {split}")
 
     return feats.cached_features(cache_path, build, f"{problem.name} {split}")

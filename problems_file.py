@@ -7,7 +7,9 @@ and the problem (and, for a data file, its line).
      "ner":     {"type": "seq_tag", "format": "conll", "train": "ner/train.txt", "dev": "ner/dev.txt",
                  "token_column": 0, "label_column": -1},
      "news_lm": {"type": "mask_lm", "format": "text", "train": "news.txt"},
-     "ner_lm":  {"type": "mask_lm", "inputs_of": "ner"}}
+     "ner_lm":  {"type": "mask_lm", "inputs_of": "ner"},
+     "titles":  {"type": "seq2seq_text", "format": "tsv", "train": "news/train.tsv", "dev": "news/dev.tsv",
+                 "text": ["article"], "label": "title", "max_target_length": 32, "num_beams": 4}}
 
 Which types a format holds and which keys a type takes are the type's (problem_types.TYPES: `formats`, `keys`).
 """
@@ -171,6 +173,10 @@ def _problem_from_spec(name, spec, problems_file):
         if not math.isfinite(scale):
             raise ValueError(f"{where}: label_scale must be a finite number, got {scale!r}")
     _check_loss_weight(spec, where)
+    try:
+        settings = ptype.settings_from_spec(spec)  # the type's own keys (a seq2seq decoder's)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     if "train" not in spec:
         raise ValueError(f"{where}: needs a train file (\"train\": path relative to the problems file)")
 
@@ -206,7 +212,7 @@ def _problem_from_spec(name, spec, problems_file):
     metrics = {"dev": tuple(ptype.default_metrics(labels))} if "dev" in splits else {}
     return Problem(name, "", splits, labels, metrics, type=type_,
                    label_scale=float(spec["label_scale"]) if "label_scale" in spec else None,
-                   loss_weight=float(spec.get("loss_weight", 1.0)))
+                   loss_weight=float(spec.get("loss_weight", 1.0)), **settings)
 
 
 def _split_from_spec(spec, format_, file, where):

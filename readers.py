@@ -8,6 +8,7 @@ Text inputs become `features.Example` (a sentence or a pair, a label); word inpu
 import json
 from pathlib import Path
 
+import cmudict
 import glue_processors
 import pku
 import problem_types
@@ -174,7 +175,7 @@ def _read_text(problem, split, fmt, path):
 
 
 READERS = {"tsv": _read_tsv, "jsonl": _read_jsonl, "conll": _read_conll, "pku": pku.read_pku, "text": _read_text,
-           "pku_documents": pku.read_pku_documents}
+           "pku_documents": pku.read_pku_documents, "cmudict": cmudict.read_cmudict}
 
 
 def problem_file(data_dir, problem, split):

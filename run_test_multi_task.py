@@ -19,6 +19,7 @@ is missing is reported by name and skipped; the others are still written. With -
 the dev-set predictions (index = row number), and dev_results.json the metrics.
 """
 import argparse
+import dataclasses
 import json
 import re
 import zipfile
@@ -100,8 +101,11 @@ def parse_args(argv=None):
     parser.add_argument("--eval_batch_size", type=int, default=None,
                         help=f"examples per batch (default: the run's, else {DEFAULT_EVAL_BATCH_SIZE})")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    parser.add_argument("--num_beams", type=int, default=None,
+                        help="beam search width of the seq2seq problems' generation (default: each problem's "
+                             "num_beams; 1 is greedy)")
     args = parser.parse_args(argv)
-    for flag in ("max_seq_length", "eval_batch_size"):
+    for flag in ("max_seq_length", "eval_batch_size", "num_beams"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     return args
@@ -491,9 +495,12 @@ def main(args):
         else:  # with the problem's own head, or the one its row names (AX: MNLI's)
             index = loaded.heads.index(head)
             predictor = loaded.problem(head)
+            if args.num_beams is not None and predictor.decoder is not None:  # a seq2seq problem's beam width
+                beams = dataclasses.replace(predictor.decoder, num_beams=args.num_beams)
+                predictor = dataclasses.replace(predictor, decoder=beams)
             predictions = evaluation.predict_split(model, predictor, data, loaded.row_of[index], index, batch_size,
                                                    device, AUTOCAST_DTYPES.get(precision), pad_to,
-                                                   desc=f"{problem.name} {job.split}")
+                                                   desc=f"{problem.name} {job.split}", vocab_file=loaded.vocab_file)
         if args.split == "dev":
             scores.setdefault(problem.name, {}).update(
                 evaluation.split_metrics(problem, job.split, predictions, data))

@@ -72,9 +72,9 @@ def training_batch(plan, problems, train_sets, heads, indices, masking_seeds):
     masked-LM problem's drawn examples are masked together, by a generator seeded with `masking_seeds` (seed, step,
     micro-batch): the same masks with any number of processes, and again after --resume.
 
-    Also returns, per head, how many labelled units all processes' rows hold (ProblemType.loss_units: tokens, or
-    examples of word inputs; None for a plain mean): what token_denominators needs, known here on the host with no
-    communication."""
+    Also returns, per head, how many labelled units all processes' rows hold (ProblemType.labelled_tokens: tokens,
+    or examples of word inputs; None for a plain mean): what token_denominators needs, known here on the host with
+    no communication."""
     data, ptype = train_sets[heads[0]], problem_types.of(problems[heads[0]])
     mine = slice(plan.rank * plan.micro_batch, (plan.rank + 1) * plan.micro_batch)
     if ptype.masks_inputs:  # a group of its own (problems.resolve_groups)
@@ -90,7 +90,7 @@ def training_batch(plan, problems, train_sets, heads, indices, masking_seeds):
     kinds = [problem_types.of(problems[h]) for h in heads]
     # The group's problems have the same inputs (multitask.check_same_inputs): only the labels differ.
     batch["head_labels"] = [kind.example_labels(train_sets[h], indices[mine]) for kind, h in zip(kinds, heads)]
-    counts = [kind.loss_units(train_sets[h], indices) for kind, h in zip(kinds, heads)]
+    counts = [kind.labelled_tokens(train_sets[h], indices) for kind, h in zip(kinds, heads)]
     return to_device(batch, plan.device), counts
 
 

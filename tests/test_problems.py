@@ -92,13 +92,14 @@ def tag_problem(labels, name="tags"):
 def test_types_table_decides_the_head_input():
     assert set(TYPES) == set(problem_types.NAMES) == {t.name for t in TYPES.values()}
     assert all(callable(t.loss) and callable(t.build_head) for t in TYPES.values())  # each type its head and loss
-    assert set(problem_types.NAMES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain"}
+    assert set(problem_types.NAMES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain",
+                                        "seq2seq_text", "seq2seq_tag"}
     assert {name: t.reads for name, t in TYPES.items()} == {
         "cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens", "mask_lm": "masked",
-        "pretrain": "masked"}
+        "pretrain": "masked", "seq2seq_text": "tokens", "seq2seq_tag": "tokens"}
     assert {name: t.file_suffix for name, t in TYPES.items()} == {
         "cls": ".tsv", "regression": ".tsv", "multi_cls": ".tsv", "seq_tag": ".conll", "mask_lm": None,
-        "pretrain": None}
+        "pretrain": None, "seq2seq_text": ".tsv", "seq2seq_tag": ".tsv"}
 
 
 def test_glue_rows_are_problems_with_their_quirks_as_fields():
@@ -603,8 +604,8 @@ def test_a_per_example_problem_on_cut_sentences_is_one_row_per_sentence(tmp_path
     firsts = batch["example_index"]
     assert torch.equal(indices[:40][firsts], feats.example_indices(entity, indices[:40]))
     assert torch.equal(entity_type.example_labels(entity, indices[:40]), entity.labels[indices[:40][firsts]])
-    assert entity_type.loss_units(entity, indices[:40]) == len(firsts)
-    assert problem_types.of(cws_problem).loss_units(cws, indices[:40]) == int((batch["token_labels"] >= 0).sum())
+    assert entity_type.labelled_tokens(entity, indices[:40]) == len(firsts)
+    assert problem_types.of(cws_problem).labelled_tokens(cws, indices[:40]) == int((batch["token_labels"] >= 0).sum())
     logits = torch.randn(len(firsts), len(entity_problem.labels))
     labels = entity_type.example_labels(entity, indices[:40])
     assert torch.allclose(entity_type.loss(logits, labels, denominator=len(firsts)), entity_type.loss(logits, labels))
