@@ -113,3 +113,11 @@ def pytest_configure(config):
         "markers", "slow: end-to-end runs on real data and weights that take tens of seconds each; the README's "
                    "everyday test command leaves them out (-m 'not slow'), CI runs them too (-m slow)")
 
+
+@pytest.fixture(scope="session")
+def tiny_run_config(tmp_path_factory):
+    """A 2-layer EmBERT config over the real bert-base-uncased vocabulary, for end-to-end runs that take many steps."""
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    path.write_text(json.dumps({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 37, "our_attn": True}))
+    return path

@@ -20,17 +20,15 @@ import torch
 import cmudict
 import inference
 import metrics
-import multitask
 import problem_record
 import problem_types
 import problems
 import problems_file
 import readers
-import run_multi_task
 import run_test_multi_task
 import seq2seq_types
 from conftest import FIXTURES, ROOT, minilm_dir, require
-from helpers import interrupt_at_step, read_jsonl, write_problems
+from helpers import interrupt_at_step, read_jsonl, run_training, write_problems
 from tokenization import FullTokenizer
 
 SEQ2SEQ_PROBLEMS = FIXTURES / "problems" / "seq2seq.json"
@@ -44,9 +42,6 @@ def shared_cmudict_dir():
     require((path / "cmudict" / "cmudict.dict").is_file(), f"needs CMUdict in {path / 'cmudict'}")
     return path
 
-
-def run(argv):
-    multitask.main(multitask.parse_args(run_multi_task.__doc__, [str(a) for a in argv]), run_multi_task.METHOD)
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +271,7 @@ def test_cmudict_spelled_out_input_is_one_token_per_letter(tmp_path):
 @pytest.mark.slow
 def test_group_of_a_seq2seq_and_a_cls_problem_trains_predicts_and_scores_as_logged(tmp_path, tiny_config):
     out = tmp_path / "run"
-    run(command(out, tiny_config, tmp_path / "cache", "mrpc_second&mrpc_quality", "--num_train_epochs", 2,
+    run_training(command(out, tiny_config, tmp_path / "cache", "mrpc_second&mrpc_quality", "--num_train_epochs", 2,
                 "--steps_per_epoch", 4))
     log = [r for r in read_jsonl(out / "train_log.jsonl") if "loss" in r]
     assert {r["task"] for r in log} == {"mrpc_second", "mrpc_quality"} and sum(r["steps"] for r in log) == 16
@@ -333,14 +328,14 @@ def test_ctrl_c_then_resume_gives_bit_identical_weights_with_seq2seq_problems(tm
     def make(out):
         return with_data_dir(seq2seq_command(out, tiny_config, tmp_path / "cache", "--num_train_epochs", 2,
                                              "--steps_per_epoch", 40), data_dir)
-    run(make(tmp_path / "straight"))
+    run_training(make(tmp_path / "straight"))
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen([sys.executable, "run_multi_task.py", *map(str, make(interrupted))], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = interrupt_at_step(process, interrupted / "train_log.jsonl", 7)
     stopped_at = torch.load(interrupted / "last_checkpoint.pth", weights_only=False)["global_step"]
     assert 7 <= stopped_at < 80 and "continue with --resume" in output
-    run([*make(interrupted), "--resume"])
+    run_training([*make(interrupted), "--resume"])
     straight = torch.load(tmp_path / "straight" / "last_checkpoint.pth", weights_only=False)
     resumed = torch.load(interrupted / "last_checkpoint.pth", weights_only=False)
     assert resumed["global_step"] == straight["global_step"] == 80
@@ -368,7 +363,7 @@ def test_two_process_torchrun_matches_one_process_with_seq2seq_problems(tmp_path
     def make(out):
         return with_data_dir(seq2seq_command(out, tiny_config, tmp_path / "cache", "--steps_per_epoch", 6,
                                              "--num_train_epochs", 1, "--gradient_accumulation_steps", 2), data_dir)
-    run(make(tmp_path / "single"))
+    run_training(make(tmp_path / "single"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                "--master_port=29521", "run_multi_task.py", *map(str, make(tmp_path / "ddp"))],
