@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import problem_types
+import modeling_inputs
 import tokenization
 
 logger = logging.getLogger("embert")
@@ -252,6 +253,7 @@ def build_model(method, config, tasks, state=None, source=None, require_all=Fals
     checkpoint does not fit."""
     model = method.modeling.BertForMultiTask(config, [t.num_labels for t in tasks], [t.type for t in tasks],
                                              num_groups, list(tasks))
+    modeling_inputs.add_input_embeddings(model, tasks)  # images and feature vectors, when a problem has them
     fresh = load_mapped_state(model, state, source, require_all) if state is not None else list(model.state_dict())
     for head, task in enumerate(tasks):  # a head none of whose parameters came from the checkpoint: its type's start
         names = [name for name in model.state_dict() if name.startswith(f"classifier.{head}.")]

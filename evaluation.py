@@ -51,7 +51,8 @@ class SplitPass:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 output = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], self.row,
                                token_index=batch["token_index"], heads=[self.head],
-                               masked_index=batch.get("masked_index"), example_index=batch.get("example_index"))
+                               masked_index=batch.get("masked_index"), example_index=batch.get("example_index"),
+                               inputs=batch.get("inputs"))
             yield indices, batch, output.logits[0]
         model.train(was_training)
 

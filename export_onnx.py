@@ -35,6 +35,7 @@ from torch import nn
 
 import heads as head_modules
 import inference
+import modalities
 import problem_types
 import problems
 from features import make_batch
@@ -204,7 +205,7 @@ def main(args):
         kept = []
         for head in members:
             problem = loaded.problem(loaded.heads[head])
-            reason = problem_types.of(problem).not_exported
+            reason = problem_types.of(problem).not_exported or modalities.not_exported(problem)
             if reason is None:
                 kept.append(head)
             else:

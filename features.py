@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import modalities
 from run_files import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Example:
     text_b: str | None  # None for single-sentence tasks
     label: str | float | None  # label string; the 0-5 score for STS-B; None on test
     index: str | None = None  # test rows: the file's index/id column
+    image: object = None  # an image (an absolute file path, a nested list of pixels or a uint8 array), or None
+    vectors: object = None  # feature vectors (a list of lists or an absolute .npy path), or None
 
 
 @dataclass(slots=True)
@@ -62,6 +65,8 @@ class TaggedSentence:
     guid: str  # "<problem>-<split>-<line number of its first word>"
     tokens: list
     tags: list | None
+    image: object = None  # as Example's (a jsonl sentence's image), or None
+    vectors: object = None  # as Example's, or None
 
 
 @dataclass(eq=False)
@@ -93,6 +98,12 @@ class Features:
     # word inputs: int64 [total words]: the position in input_ids of each word's first piece, in file order
     # (sentence by sentence, word by word), so token_values[word_starts] lists one value per word of the file
     word_starts: torch.Tensor | None = None
+    # Problems with images or feature vectors (modalities.py): int8 [total tokens], aligned to input_ids, each token's
+    # modality (TEXT, IMAGE, VECTORS); the images uint8 [N, C, H, W]; the vectors float32 [N, V, width]; patch_size
+    modality: torch.Tensor | None = None
+    images: torch.Tensor | None = None
+    vectors: torch.Tensor | None = None
+    patch_size: int | None = None
 
     @property
     def lengths(self):
@@ -198,26 +209,37 @@ def pack_texts(examples, tokenizer, max_seq_length, num_workers=None, desc="toke
 
 
 def convert_examples(problem, examples, tokenizer, max_seq_length, encode_labels, num_workers=None,
-                     desc="tokenizing"):
+                     desc="tokenizing", source=None):
     """Examples of one split of `problem` -> packed Features, with the labels `encode_labels(problem, examples,
     features)` gives ((labels, token_labels): the problem type's encoding).
 
-    Text examples: [CLS] A [SEP] (B [SEP]) (pack_texts, in worker processes for big sets). Word examples
-    (TaggedSentence): one row per piece of a sentence (encode_word_rows), in one process.
+    Text examples: [CLS] A [SEP] (B [SEP]) (pack_texts, in worker processes for big sets), then the image's patches
+    and the feature vectors of a problem that has them (modalities.with_inputs; `source`, the data file, names it in
+    errors). Word examples (TaggedSentence): one row per piece of a sentence (encode_word_rows), in one process.
     """
     if not examples:
         raise ValueError(f"no {problem.name} examples to convert")
+    multimodal = modalities.has_inputs(problem)
     if isinstance(examples[0], TaggedSentence):
+        row_length = modalities.text_length(problem, max_seq_length, SPECIAL_TOKENS_PER_ROW + 1) if multimodal \
+            else max_seq_length
         ids, lengths, sentence, first_word, word_starts = encode_word_rows(
-            tokenizer, [example.tokens for example in examples], max_seq_length)
+            tokenizer, [example.tokens for example in examples], row_length)
         features = Features(input_ids=torch.from_numpy(ids), offsets=torch.from_numpy(offsets_of(lengths)),
                             segment_a_len=torch.from_numpy(lengths.astype(np.int32)), labels=None,
                             sentence=torch.from_numpy(sentence), first_word=torch.from_numpy(first_word),
                             word_starts=torch.from_numpy(word_starts))
+        if multimodal:  # each row of a sentence with the sentence's image and vectors
+            features = modalities.with_inputs(problem, [examples[s] for s in sentence.tolist()], features,
+                                              tokenizer.vocab["[SEP]"], source)
     else:
-        input_ids, offsets, segment_a_len = pack_texts(examples, tokenizer, max_seq_length, num_workers, desc)
+        text_length = modalities.text_length(problem, max_seq_length, MIN_SEQ_LENGTH) if multimodal \
+            else max_seq_length
+        input_ids, offsets, segment_a_len = pack_texts(examples, tokenizer, text_length, num_workers, desc)
         features = Features(input_ids=input_ids, offsets=offsets, segment_a_len=segment_a_len, labels=None,
                             index=None if examples[0].index is None else [example.index for example in examples])
+        if multimodal:
+            features = modalities.with_inputs(problem, examples, features, tokenizer.vocab["[SEP]"], source)
     features.labels, features.token_labels = encode_labels(problem, examples, features)
     return features
 
@@ -316,9 +338,11 @@ def take_examples(features, indices):
     lengths = features.lengths[indices]
     offsets = torch.zeros(len(indices) + 1, dtype=torch.int64)
     torch.cumsum(lengths, 0, out=offsets[1:])
-    return Features(input_ids=features.input_ids[packed_positions(features, indices)],
+    positions = packed_positions(features, indices)
+    return Features(input_ids=features.input_ids[positions],
                                     offsets=offsets, segment_a_len=features.segment_a_len[indices],
-                                    labels=None if features.labels is None else features.labels[indices])
+                                    labels=None if features.labels is None else features.labels[indices],
+                                    **modalities.input_fields(features, indices, positions))
 
 
 def first_examples(features, count):
@@ -346,7 +370,7 @@ def make_batch(features, indices, pad_to=None, pad_multiple=8):
     """Pad the examples at `indices` into a batch of int64 [B, T] tensors (plus labels [B] unless on test, and the
     flat positions of the real tokens, token_index [N]; multi_cls labels are [B, L]; seq_tag features add
     token_labels [N], one per real token, in token_index order; word inputs example_index [E], the rows that start
-    a sentence).
+    a sentence; features with images or feature vectors add "inputs", modalities.batch_inputs).
 
     T = the longest example rounded up to `pad_multiple` (padding is masked, so results do not change, and
     tensor-core friendly shapes repeat more often), or exactly `pad_to` (Gated-BERT's gate needs max_seq_length).
@@ -385,6 +409,8 @@ def make_batch(features, indices, pad_to=None, pad_multiple=8):
     if features.first_word is not None:
         # [E]: the batch rows that start a sentence, the only ones a per-example head reads (example_indices)
         batch["example_index"] = (features.first_word[indices] == 0).nonzero().squeeze(1)
+    if features.modality is not None:  # images and feature vectors: what the model puts in their tokens' rows
+        batch["inputs"] = modalities.batch_inputs(features, indices, gather_at, real)
     return batch
 
 

@@ -33,11 +33,17 @@ def batch_padding(method, max_seq_length):
 
 def to_device(batch, device):
     """Pinned host memory and non-blocking copies on CUDA: the copy overlaps the previous step's kernels. A list
-    (an & group's labels, one tensor per problem) is copied item by item."""
+    (an & group's labels, one tensor per problem) is copied item by item, a dict (a batch's images and vectors) key
+    by key; numbers stay as they are."""
     if device.type != "cuda":
         return batch
-    copy = lambda v: v.pin_memory().to(device, non_blocking=True)  # noqa: E731
-    return {k: [copy(x) for x in v] if isinstance(v, list) else copy(v) for k, v in batch.items()}
+    def copy(value):
+        if isinstance(value, list):
+            return [copy(x) for x in value]
+        if isinstance(value, dict):
+            return {k: copy(v) for k, v in value.items()}
+        return value.pin_memory().to(device, non_blocking=True) if torch.is_tensor(value) else value
+    return {k: copy(v) for k, v in batch.items()}
 
 
 def compile_encoder(model, device, cuda_graphs=True):

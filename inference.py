@@ -21,6 +21,7 @@ import torch
 
 import evaluation
 import features as feats
+import modalities
 import problem_types
 import problems
 import run_test_multi_task
@@ -125,6 +126,9 @@ class Predictor:
         if problem_types.of(problem).masks_inputs:
             raise ValueError(f"{canonical} is a {problem.type} problem: it is scored on masked tokens of its dev "
                              f"texts and predicts nothing from inputs; this model predicts {', '.join(predicted)}")
+        if modalities.has_inputs(problem):
+            raise ValueError(f"{canonical} reads images or feature vectors, which the Predictor does not take (texts "
+                             "and word lists only); run_test_multi_task.py predicts its files")
         return problem
 
     def features(self, problem, inputs):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import modalities
 from features import IGNORE_INDEX, Example
 
 # BERT's masking (google-research/bert, create_pretraining_data.py): MASK_RATE of each text's word pieces are
@@ -88,8 +89,10 @@ def seeded_generator(*seeds):
 
 
 def maskable(features, masking):
-    """bool [total tokens]: the word pieces masking may choose (not [CLS], [SEP] or [PAD])."""
-    return ~torch.isin(features.input_ids, torch.tensor(masking.special_ids, dtype=features.input_ids.dtype))
+    """bool [total tokens]: the word pieces masking may choose (not [CLS], [SEP] or [PAD]; only the text: an image's
+    patches and feature vectors stay as context)."""
+    words = ~torch.isin(features.input_ids, torch.tensor(masking.special_ids, dtype=features.input_ids.dtype))
+    return words if features.modality is None else words & (features.modality == modalities.TEXT)
 
 
 def mask_dev_set(features, masking):

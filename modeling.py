@@ -133,10 +133,15 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.inputs = None  # images and feature vectors: modeling_inputs.add_input_embeddings sets it when needed
 
-    def forward(self, input_ids, token_type_ids, position_ids):  # any shape (...) -> (..., H)
+    def forward(self, input_ids, token_type_ids, position_ids, inputs=None):  # any shape (...) -> (..., H)
+        """inputs: a batch's images and feature vectors, a function of the summed embeddings that puts theirs in
+        (modeling_inputs.InputEmbeddings, bound by BertModel.forward); None for text."""
         embeddings = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
                       + self.token_type_embeddings(token_type_ids))
+        if inputs is not None:
+            embeddings = inputs(embeddings)
         return self.dropout(self.LayerNorm(embeddings))
 
 
@@ -279,21 +284,27 @@ class BertModel(nn.Module):
         # states of padding positions (Gated-BERT's gate) or computes as the original did (bench.py).
         self.pack_tokens = True
 
-    def forward(self, input_ids, token_type_ids, attention_mask, task_id=0, token_index=None, packed_output=False):
+    def forward(self, input_ids, token_type_ids, attention_mask, task_id=0, token_index=None, packed_output=False,
+                inputs=None):
         """input_ids, token_type_ids, attention_mask (1 = token, 0 = padding, real tokens first): (B, T).
         token_index: the flat positions of the real tokens, attention_mask.flatten().nonzero() (B*T positions),
         given by the caller to spare a device-to-host sync on CUDA (glue_processors.make_batch builds it).
+
+        inputs: the batch's images and feature vectors (features.make_batch's "inputs"), or None (text).
 
         Returns the last hidden states and the pooled [CLS] output (B, H). The hidden states are (B, T, H) (zeros at
         padding when packed), or with `packed_output` the real tokens' states (N, H) in row-major order, as the
         per-token layers computed them (a per-token head reads them without padding them first).
         """
         B, T = input_ids.shape
-        if token_index is None and (self.pack_tokens or packed_output):
+        if token_index is None and (self.pack_tokens or packed_output or inputs is not None):
             token_index = attention_mask.flatten().nonzero().squeeze(1)
         layout = TokenLayout(attention_mask[:, None, None, :].bool(), token_index if self.pack_tokens else None, B, T)
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        hidden_states = self.embeddings(layout.pack(input_ids), layout.pack(token_type_ids), layout.pack(positions))
+        if inputs is not None:  # the patches' and vectors' embeddings put into their rows (modeling_inputs.py)
+            inputs = partial(self.embeddings.inputs, inputs=inputs, token_index=token_index, packed=self.pack_tokens)
+        hidden_states = self.embeddings(layout.pack(input_ids), layout.pack(token_type_ids), layout.pack(positions),
+                                        inputs)
         hidden_states = self.encoder(hidden_states, layout, task_id)  # (N, H) packed or (B, T, H)
         if not packed_output:
             hidden_states = layout.pad(hidden_states)  # (B, T, H)
@@ -380,7 +391,7 @@ class BertForMultiTask(nn.Module):
         self.apply(partial(init_weights, std=config.initializer_range))
 
     def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None, heads=None,
-                masked_index=None, denominators=None, example_index=None):
+                masked_index=None, denominators=None, example_index=None, inputs=None):
         """The logits of `heads` (head indices, default [task_id]) reading one encoder pass of task row `task_id`,
         and with `labels` (one per head) their losses. A head on the pooled output gives (B, num_labels) logits for
         labels (B,) or (B, L); a head on the tokens (N, num_labels) for the N real tokens in row-major order, labels
@@ -389,11 +400,11 @@ class BertForMultiTask(nn.Module):
         denominators: one per head, what a per-token loss divides its sum by (problem_types.token_loss; None: its
         count of labelled tokens, a mean), or a per-example loss on word inputs. example_index: (E,), the rows a head
         on the pooled output reads when not every row is an example (a cut sentence's first row only); its logits
-        are then (E, num_labels)."""
+        are then (E, num_labels). inputs: the batch's images and feature vectors (see BertModel.forward)."""
         heads = [task_id] if heads is None else heads
         kinds = [self.head_types[h] for h in heads]
         per_token = any(kind.reads != "pooled" for kind in kinds)
-        encoded = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token)
+        encoded = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token, inputs)
         encoded.masked_index, encoded.example_index = masked_index, example_index
         logits = [self.classifier[h](encoded) for h in heads]
         if labels is None:
@@ -402,7 +413,7 @@ class BertForMultiTask(nn.Module):
         return MultiTaskOutput(logits, [kind.loss(output, target, denominator) for kind, output, target, denominator
                                         in zip(kinds, logits, labels, denominators)])
 
-    def encode(self, input_ids, token_type_ids, attention_mask, task_id, token_index, per_token):
+    def encode(self, input_ids, token_type_ids, attention_mask, task_id, token_index, per_token, inputs=None):
         """The encoder's pooled output and, for a per-token head, the real tokens' states (N, H), as a
         heads.EncoderOutput. When the layers run padded (Gated-BERT, and --compile's CUDA graphs, which need fixed
         shapes) the encoder returns (B, T, H) and the real tokens are gathered here, outside it, so a graph never
@@ -411,7 +422,7 @@ class BertForMultiTask(nn.Module):
         if per_token and token_index is None:
             token_index = attention_mask.flatten().nonzero().squeeze(1)
         hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
-                                   packed_output=packed_output)
+                                   packed_output=packed_output, inputs=inputs)
         if per_token and not packed_output:
             hidden = hidden.reshape(-1, hidden.shape[-1])[token_index]  # (N, H)
         return head_modules.EncoderOutput(pooled, hidden if per_token else None,

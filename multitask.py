@@ -45,6 +45,7 @@ import checkpoints
 import evaluation
 import masking
 import metrics
+import modalities
 import optimization
 import problem_types
 import problems
@@ -441,7 +442,8 @@ def check_same_inputs(plan, train_sets):
         for other in group[1:]:
             data = train_sets[other]
             same = len(data) == len(first) and all(torch.equal(getattr(data, name), getattr(first, name))
-                                                   for name in ("offsets", "input_ids", "segment_a_len"))
+                                                   for name in ("offsets", "input_ids", "segment_a_len")) \
+                and modalities.same_inputs(data, first)
             if same:
                 continue
             a, b = plan.problems[group[0]].name, plan.problems[other].name

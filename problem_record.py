@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import problem_types
 from modeling_seq2seq import DecoderSettings
+from modalities import ImageInput, VectorInput
 from problem_types import DEFAULT_LABEL_SEPARATOR
 
 # How a problem's metrics become its score (for the best-model choice): GLUE rows average theirs (MRPC's F1 and
@@ -46,10 +47,13 @@ class TsvSplit:
     """A tab-separated file with a header row naming its columns (no quoting: quotes are literal text)."""
     format: ClassVar[str] = "tsv"
     file: str
-    text: tuple  # one or two column names: a sentence or a pair
+    text: tuple  # one or two column names: a sentence or a pair; () when the problem reads an image or features only
     label: str | None  # label column (optional on test)
     index: str | None = None  # test: the column written as `index` in predictions (default: the row number)
     label_separator: str = DEFAULT_LABEL_SEPARATOR  # multi_cls: labels joined in one field
+    image: str | None = None  # the column of an image: a file's path, or a JSON list of pixel values (modalities.py)
+    features: str | None = None  # the column of feature vectors: a JSON list of lists, or a .npy file's path
+    root: str | None = None  # the folder image and .npy paths are relative to (the problems file's); None: the file's
 
     @property
     def inputs(self):
@@ -109,9 +113,19 @@ class CmudictSplit:
     part: str  # "train", "dev" or "test"
 
 
-SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
-                                             PkuDocumentsSplit, CmudictSplit)}
+@dataclass(frozen=True)
+class IdxSplit:
+    """Images and their class numbers in two idx files (MNIST's format; Fashion-MNIST's files), read by
+    fashion_mnist.py. `file` holds the images, `labels_file` (in the same folder) the labels."""
+    format: ClassVar[str] = "idx"
+    inputs: ClassVar[str] = TEXT_INPUT  # a caption (or none) beside each image
+    file: str
+    labels_file: str
+    captions: bool = False  # each image with a caption, a class name (fashion_mnist.caption): match or mismatch
 
+
+SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
+                                             PkuDocumentsSplit, CmudictSplit, IdxSplit)}
 
 
 @dataclass(frozen=True)
@@ -137,6 +151,8 @@ class Problem:
     loss_weight: float = 1.0  # this problem's loss is multiplied by it in every step that trains it
     inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
     decoder: DecoderSettings | None = None  # seq2seq types: the decoder and its generation
+    image: ImageInput | None = None  # its examples' images: size, patches, channels (None: no image)
+    vectors: VectorInput | None = None  # its examples' feature vectors: width, most per example (None: none)
 
     def __post_init__(self):
         try:
@@ -158,8 +174,10 @@ class Problem:
 
     @property
     def inputs(self):
-        """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same)."""
-        return next(iter(self.splits.values())).inputs
+        """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same; a
+        tagging problem's jsonl sentences are lists of words)."""
+        form = next(iter(self.splits.values())).inputs
+        return WORDS_INPUT if problem_types.of(self).reads == "tokens" else form
 
     @property
     def dev_splits(self):
@@ -198,16 +216,27 @@ class Problem:
         record = {}
         for item in fields(self):
             value = getattr(self, item.name)
+            if item.name in INPUT_FIELDS and value is None:
+                continue  # a text problem's record stays as it was before images and vectors existed
             if item.name == "splits":
-                value = {split: {"format": fmt.format, **asdict(fmt)} for split, fmt in value.items()}
+                value = {split: {"format": fmt.format, **{key: field_value for key, field_value in asdict(fmt).items()
+                                                          if not (key in SPLIT_INPUT_FIELDS and field_value is None)}}
+                         for split, fmt in value.items()}
             elif item.name == "labels" and value is not None:
                 value = list(value)
             elif item.name == "metrics":
                 value = {split: list(names) for split, names in value.items()}
-            elif item.name == "decoder" and value is not None:
+            elif (item.name == "decoder" or item.name in INPUT_FIELDS) and value is not None:
                 value = asdict(value)
             record[item.name] = value
         return record
+
+
+# A problem's inputs beside its text (Problem fields), by the record class each round-trips through; and the fields of
+# a split that name them. Records leave them out when None, so a text problem's record (its cache key, config.json)
+# is what it was before they existed.
+INPUT_FIELDS = {"image": ImageInput, "vectors": VectorInput}
+SPLIT_INPUT_FIELDS = ("image", "features", "root")
 
 
 def problem_from_record(record):
@@ -219,7 +248,10 @@ def problem_from_record(record):
             split_class = SPLIT_FORMATS[item.pop("format")]
             splits[split] = split_class(**{key: tuple(value) if isinstance(value, list) else value
                                            for key, value in item.items()})
-        return Problem(**{**record, "splits": splits,
+        inputs = {name: None if record.get(name) is None else kind(**{
+            key: tuple(value) if isinstance(value, list) else value for key, value in record[name].items()})
+            for name, kind in INPUT_FIELDS.items()}
+        return Problem(**{**record, "splits": splits, **inputs,
                           "labels": None if record["labels"] is None else tuple(record["labels"]),
                           "metrics": {split: tuple(names) for split, names in record["metrics"].items()},
                           "decoder": None if record.get("decoder") is None else DecoderSettings(**record["decoder"])})

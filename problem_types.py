@@ -417,7 +417,7 @@ class SequenceTaggingType(ProblemType):
     reads = "tokens"
     per_token = True
     file_suffix = ".conll"
-    formats = ("conll",)
+    formats = ("conll", "jsonl")  # jsonl: a list of words and a list of tags per line (an image, vectors beside)
 
     def default_metrics(self, labels):
         return SPAN_METRICS if span_scheme(labels) else ("acc",)

@@ -14,34 +14,39 @@ from pathlib import Path
 
 import features as feats
 import glue_processors
+import images
+import modalities
 import problem_types
 import masking
 import readers
 from cmudict import CMUDICT_PROBLEMS
+from fashion_mnist import FASHION_PROBLEMS
 from features import Features
 from glue_processors import TASK_ALIASES, TASKS
 from pku import PKU_PROBLEMS
-from problem_record import Problem, SplitFormat
+from problem_record import IdxSplit, Problem, SplitFormat
 from tokenization import FullTokenizer
 
 # Bump when features of the non-GLUE problems change without their inputs changing (word rows, the cut, labels);
 # part of their cache key, beside features.FEATURE_FORMAT_VERSION.
 PROBLEM_FEATURE_FORMAT_VERSION = 2
 
-# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS), People's Daily's and CMUdict's.
-# Every problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
-PROBLEMS = {**TASKS, **PKU_PROBLEMS, **CMUDICT_PROBLEMS}
+# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS), People's Daily's, CMUdict's and
+# Fashion-MNIST's. Every problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
+PROBLEMS = {**TASKS, **PKU_PROBLEMS, **CMUDICT_PROBLEMS, **FASHION_PROBLEMS}
 MLM_SUFFIX = "_mlm"
 
 
 def mlm_problem(source):
-    """X_mlm: masked LM on the inputs of problem X (its train and dev splits; its labels unused)."""
+    """X_mlm: masked LM on the inputs of problem X (its train and dev splits; its labels unused): the text is masked,
+    X's images and feature vectors stay as context."""
     if problem_types.of(source).masks_inputs:
         raise ValueError(f"{source.name} is already a {source.type} problem; {source.name}{MLM_SUFFIX} is not defined")
     splits = {split: fmt for split, fmt in source.splits.items() if split == "train" or split in source.dev_splits}
     return Problem(source.name + MLM_SUFFIX, source.directory, splits, None,
                    {split: problem_types.MASK_LM_METRICS for split in source.dev_splits},
-                   type=problem_types.MaskedLMType.name, inputs_of=source.name)
+                   type=problem_types.MaskedLMType.name, inputs_of=source.name, image=source.image,
+                   vectors=source.vectors)
 
 
 def canonical_problem_name(name, user_problems=None):
@@ -143,15 +148,28 @@ def read_examples(problem, split, data_dir, user_problems=None):
     return readers.read_examples(get_problem(problem, user_problems), split, data_dir)
 
 
-def problem_cache_path(cache_dir, problem, split, data_file, vocab_file, do_lower_case, max_seq_length):
+def problem_cache_path(cache_dir, problem, split, data_file, vocab_file, do_lower_case, max_seq_length,
+                       inputs_key=None):
     """Cache file for a non-GLUE problem's features: hashes its record (type, files, labels, ...), the file's
-    contents, the vocabulary and the settings. (GLUE rows keep glue_processors.feature_cache_path.)"""
+    contents, the vocabulary and the settings, and `inputs_key` (input_files_key) when the features read other
+    files. (GLUE rows keep glue_processors.feature_cache_path.)"""
     pairs = (masking.NSP_PAIRS_SEED, masking.NSP_RANDOM_SHARE) if problem_types.of(problem).next_sentence else ()
+    inputs = () if inputs_key is None else (inputs_key,)
     parts = (feats.FEATURE_FORMAT_VERSION, PROBLEM_FEATURE_FORMAT_VERSION,
              json.dumps(problem.to_record(), sort_keys=True), *pairs, split, feats.file_sha256(data_file),
-             feats.file_sha256(vocab_file), bool(do_lower_case), int(max_seq_length))
+             feats.file_sha256(vocab_file), bool(do_lower_case), int(max_seq_length), *inputs)
     key = hashlib.sha256("".join(f"{part}\n" for part in parts).encode()).hexdigest()
     return Path(cache_dir) / f"{problem.name}-{split}-len{max_seq_length}-{key}.pt"
+
+
+def input_files_key(fmt, data_file, examples):
+    """What a split's features read besides its data file, for their cache key (None: nothing): an idx split's labels
+    file (hashed), or the image and .npy files its rows name (paths, sizes and times: images.files_key)."""
+    if isinstance(fmt, IdxSplit):
+        return feats.file_sha256(Path(data_file).parent / fmt.labels_file)
+    if examples is not None:
+        return images.files_key(modalities.referenced_files(examples))
+    return None
 
 
 def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, max_seq_length, cache_dir=None,
@@ -166,7 +184,8 @@ def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, m
         problem.split_format(split)
         data = load_problem_features(problem.inputs_of, split, data_dir, vocab_file, do_lower_case, max_seq_length,
                                      cache_dir, num_workers, user_problems)
-        return Features(input_ids=data.input_ids, offsets=data.offsets, segment_a_len=data.segment_a_len, labels=None)
+        return Features(input_ids=data.input_ids, offsets=data.offsets, segment_a_len=data.segment_a_len, labels=None,
+                        **modalities.input_fields(data))
     if isinstance(problem.split_format(split), SplitFormat):
         return glue_processors.load_features(data_dir, problem, split, vocab_file, do_lower_case, max_seq_length,
                                              cache_dir=cache_dir, num_workers=num_workers)
@@ -174,14 +193,18 @@ def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, m
     if not data_file.is_file():
         raise FileNotFoundError(f"problem {problem.name}: {split} file {readers.missing_file(data_file)}")
     cache_dir = feats.default_cache_dir() if cache_dir is None else Path(cache_dir)
-    cache_path = problem_cache_path(cache_dir, problem, split, data_file, vocab_file, do_lower_case, max_seq_length)
+    fmt = problem.split_format(split)
+    # Rows that may name image or .npy files are read first: the files they name are part of the cache key.
+    examples = readers.read_examples(problem, split, data_dir) \
+        if getattr(fmt, "image", None) or getattr(fmt, "features", None) else None
+    cache_path = problem_cache_path(cache_dir, problem, split, data_file, vocab_file, do_lower_case, max_seq_length,
+                                    input_files_key(fmt, data_file, examples))
 
     def build():
         tokenizer = FullTokenizer(vocab_file, do_lower_case=do_lower_case)
-        examples = readers.read_examples(problem, split, data_dir)
-        return feats.convert_examples(problem, examples, tokenizer, max_seq_length,
-                                      problem_types.of(problem).label_encoder(tokenizer, split), num_workers,
-                                      desc=f"tokenizing {problem.name} {split}")
+        return feats.convert_examples(problem, examples or readers.read_examples(problem, split, data_dir), tokenizer,
+                                      max_seq_length, problem_types.of(problem).label_encoder(tokenizer, split),
+                                      num_workers, desc=f"tokenizing {problem.name} {split}", source=data_file)
 
     return feats.cached_features(cache_path, build, f"{problem.name} {split}")
 

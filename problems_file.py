@@ -20,9 +20,11 @@ import math
 import re
 from pathlib import Path
 
+import modalities
 import problem_types
 import readers
 from glue_processors import TASK_ALIASES
+from modalities import ImageInput, VectorInput
 from problem_record import ConllSplit, JsonlSplit, Problem, TextSplit, TsvSplit
 from problem_types import DEFAULT_LABEL_SEPARATOR
 from problems import MLM_SUFFIX, PROBLEMS, canonical_problem_name, get_problem, mlm_problem
@@ -34,8 +36,11 @@ PROBLEM_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 USER_FORMATS = ("tsv", "jsonl", "conll", "text")
 SPLIT_KEYS = ("train", "dev", "test")
 COMMON_KEYS = ("type", "format", *SPLIT_KEYS, "labels", "loss_weight", "inputs_of")
-FORMAT_KEYS = {"tsv": ("text", "label", "index"),
-               "jsonl": ("text", "label", "index"),
+# Inputs beside the text (tsv and jsonl): an image's column and settings, feature vectors' column and their limit.
+IMAGE_KEYS = ("image", "image_size", "patch_size", "channels")
+VECTOR_KEYS = ("features", "max_features")
+FORMAT_KEYS = {"tsv": ("text", "label", "index", *IMAGE_KEYS, *VECTOR_KEYS),
+               "jsonl": ("text", "label", "index", *IMAGE_KEYS, *VECTOR_KEYS),
                "conll": ("token_column", "label_column"),
                "text": ()}
 TYPE_KEYS = tuple(dict.fromkeys(key for problem_type in problem_types.TYPES.values() for key in problem_type.keys))
@@ -177,6 +182,7 @@ def _problem_from_spec(name, spec, problems_file):
         settings = ptype.settings_from_spec(spec)  # the type's own keys (a seq2seq decoder's)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+    image = _image_from_spec(spec, where)
     if "train" not in spec:
         raise ValueError(f"{where}: needs a train file (\"train\": path relative to the problems file)")
 
@@ -191,7 +197,8 @@ def _problem_from_spec(name, spec, problems_file):
             raise FileNotFoundError(f"{where}: {split} file {readers.missing_file(file)} (paths are relative to the "
                                     "problems file's folder)")
         files[split] = str(file)
-    splits = {split: _split_from_spec(spec, format_, file, where) for split, file in files.items()}
+    splits = {split: _split_from_spec(spec, format_, file, where, problems_file.parent.resolve())
+              for split, file in files.items()}
 
     labels = spec.get("labels")
     if labels is not None:
@@ -210,12 +217,53 @@ def _problem_from_spec(name, spec, problems_file):
                 header = f.readline().rstrip("\r\n")
             readers.tsv_columns(fmt.file, fmt, split, header)
     metrics = {"dev": tuple(ptype.default_metrics(labels))} if "dev" in splits else {}
+    vectors = _vectors_from_spec(name, ptype, spec, splits, where) if "features" in spec else None
     return Problem(name, "", splits, labels, metrics, type=type_,
                    label_scale=float(spec["label_scale"]) if "label_scale" in spec else None,
-                   loss_weight=float(spec.get("loss_weight", 1.0)), **settings)
+                   loss_weight=float(spec.get("loss_weight", 1.0)), image=image, vectors=vectors, **settings)
 
 
-def _split_from_spec(spec, format_, file, where):
+def _positive_int(spec, key, where):
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _image_from_spec(spec, where):
+    """The problem's ImageInput (None without "image"); its settings checked, and those of "features"."""
+    for column, keys in (("image", IMAGE_KEYS), ("features", VECTOR_KEYS)):
+        settings = [key for key in keys[1:] if key in spec]
+        if settings and column not in spec:
+            raise ValueError(f"{where}: {settings[0]} is a setting of \"{column}\", which the problem does not give")
+    if "max_features" in spec:
+        _positive_int(spec, "max_features", where)
+    image = None
+    if "image" in spec:
+        size = spec.get("image_size", list(modalities.DEFAULT_IMAGE_SIZE))
+        if not (isinstance(size, list) and len(size) == 2 and
+                all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in size)):
+            raise ValueError(f"{where}: image_size must be [height, width] in pixels, got {size!r}")
+        patch = _positive_int(spec, "patch_size", where) if "patch_size" in spec else modalities.DEFAULT_PATCH_SIZE
+        channels = spec.get("channels", modalities.DEFAULT_CHANNELS)
+        if channels not in modalities.CHANNEL_CHOICES or isinstance(channels, bool):
+            raise ValueError(f"{where}: channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+        if size[0] % patch or size[1] % patch:
+            raise ValueError(f"{where}: image_size {size} is not a whole number of {patch} x {patch} patches "
+                             "(patch_size must divide the height and the width)")
+        image = ImageInput(tuple(size), patch, channels)
+    return image
+
+
+def _vectors_from_spec(name, ptype, spec, splits, where):
+    """The problem's VectorInput: the width of the training file's first features, and max_features."""
+    fmt = splits["train"]
+    examples, _ = readers.READERS[fmt.format](readers.LabelContext(name, ptype.name), "train", fmt, Path(fmt.file))
+    return VectorInput(modalities.first_width(examples, fmt.file),
+                       spec.get("max_features", modalities.DEFAULT_MAX_FEATURES))
+
+
+def _split_from_spec(spec, format_, file, where, root):
     if format_ == "text":
         return TextSplit(file)
     if format_ == "conll":
@@ -228,18 +276,23 @@ def _split_from_spec(spec, format_, file, where):
         return ConllSplit(file, **columns)
     text = spec.get("text")
     text = [text] if isinstance(text, str) else text
-    if not isinstance(text, list) or not 1 <= len(text) <= MAX_TEXT_FIELDS or \
-            not all(isinstance(name, str) and name for name in text):
+    others = "image" in spec or "features" in spec  # then the text is optional
+    if not (others and text is None) and (not isinstance(text, list) or not 1 <= len(text) <= MAX_TEXT_FIELDS or
+                                         not all(isinstance(name, str) and name for name in text)):
         raise ValueError(f"{where}: text must name one or two {'columns' if format_ == 'tsv' else 'keys'} "
-                         "(a sentence or a pair)")
-    for key in ("label", "index", "label_separator"):
+                         "(a sentence or a pair)" + ("" if others else ", unless the problem gives an image or "
+                                                     "features"))
+    if problem_types.get(spec["type"]).reads == "tokens" and len(text or ()) != 1:
+        raise ValueError(f"{where}: a {spec['type']} problem's text is one key, holding a list of words")
+    for key in ("label", "index", "label_separator", "image", "features"):
         if key in spec and (not isinstance(spec[key], str) or not spec[key]):
             raise ValueError(f"{where}: {key} must be a non-empty string")
     if "label" not in spec and not problem_types.get(spec["type"]).masks_inputs:
         raise ValueError(f"{where}: needs \"label\", the {'column' if format_ == 'tsv' else 'key'} of the labels")
     split_class = TsvSplit if format_ == "tsv" else JsonlSplit
-    return split_class(file, tuple(text), spec.get("label"), spec.get("index"),
-                       spec.get("label_separator", DEFAULT_LABEL_SEPARATOR))
+    return split_class(file, tuple(text or ()), spec.get("label"), spec.get("index"),
+                       spec.get("label_separator", DEFAULT_LABEL_SEPARATOR), spec.get("image"), spec.get("features"),
+                       str(root) if others else None)
 
 
 def _labels_from_data(name, ptype, splits, where):

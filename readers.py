@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 import cmudict
+import fashion_mnist
 import glue_processors
+import modalities
 import pku
 import problem_types
 from features import Example, TaggedSentence
@@ -45,13 +47,30 @@ def tsv_columns(path, fmt, split, header_line):
     columns = {}
     for i, name in enumerate(header):
         columns.setdefault(name, i)
-    wanted = [*fmt.text, *([fmt.index] if fmt.index and split == "test" else [])]
+    wanted = [*fmt.text, *([fmt.index] if fmt.index and split == "test" else []),
+              *(name for name in (fmt.image, fmt.features) if name)]
     if fmt.label is not None and (split != "test" or fmt.label in columns):  # a test file may lack the labels
         wanted.append(fmt.label)
     absent = [name for name in wanted if name not in columns]
     if absent:
         raise ValueError(f"{path} line 1: no column {absent[0]!r} (its columns: {', '.join(header)})")
     return header, columns
+
+
+def _example(problem, split, fmt, path, number, texts, label, index, image, vectors):
+    """An Example of a tsv or jsonl row; a problem with an image or features (`fmt.image`, `fmt.features`) takes
+    their values (modalities.read_image_value, read_vectors_value) and needs at least one input per row."""
+    where = f"{path} line {number}"
+    if fmt.image or fmt.features:
+        texts = ["" if text is None else text for text in texts]
+        image = modalities.read_image_value(image, fmt.root or path.parent, where) if fmt.image else None
+        vectors = modalities.read_vectors_value(vectors, fmt.root or path.parent, where) if fmt.features else None
+        if image is None and vectors is None and not any(texts):
+            raise ValueError(f"{where}: no input: no text, no image and no features")
+    if not all(isinstance(text, str) for text in texts):
+        raise ValueError(f"{where}: text keys {list(fmt.text)} must hold strings")
+    return Example(f"{problem.name}-{split}-{number}", texts[0] if texts else "", texts[1] if len(texts) > 1 else None,
+                   label, index, image, vectors)
 
 
 def _read_tsv(problem, split, fmt, path):
@@ -67,15 +86,33 @@ def _read_tsv(problem, split, fmt, path):
         texts = [fields[columns[name]] for name in fmt.text]
         label = _parse_label(problem, fmt, fields[columns[fmt.label]], f"{path} line {number}") if labelled else None
         index = (fields[columns[fmt.index]] if fmt.index else str(row)) if split == "test" else None
-        examples.append(Example(f"{problem.name}-{split}-{number}", texts[0], texts[1] if len(texts) > 1 else None,
-                                label, index))
+        examples.append(_example(problem, split, fmt, path, number, texts, label, index,
+                                 fields[columns[fmt.image]] if fmt.image else None,
+                                 fields[columns[fmt.features]] if fmt.features else None))
         lines_of.append(number)
     if not examples:
         raise ValueError(f"{path} has a header but no data rows")
     return examples, lines_of
 
 
+def _words(problem, split, fmt, path, number, record):
+    """A jsonl sentence of a per-token problem (seq_tag): `text` a list of words, `label` a list of one tag each."""
+    where = f"{path} line {number}"
+    tokens = record[fmt.text[0]]
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(token, str) and token for token in tokens):
+        raise ValueError(f"{where}: {fmt.text[0]!r} must hold a non-empty list of words (non-empty strings)")
+    tags = record.get(fmt.label) if fmt.label is not None else None
+    if tags is not None:
+        if not isinstance(tags, list) or len(tags) != len(tokens):
+            raise ValueError(f"{where}: {fmt.label!r} must hold a list of one tag per word ({len(tokens)} words)")
+        tags = [_parse_label(problem, fmt, tag, where) for tag in tags]
+    example = _example(problem, split, fmt, path, number, [" ".join(tokens)], None, None, record.get(fmt.image),
+                       record.get(fmt.features))
+    return TaggedSentence(example.guid, tokens, tags, example.image, example.vectors)
+
+
 def _read_jsonl(problem, split, fmt, path):
+    words = problem_types.get(problem.type).reads == "tokens"  # a tagging problem's sentences are lists of words
     examples, lines_of = [], []
     for number, line in _decoded_lines(path, fmt):
         if not line.strip():
@@ -88,26 +125,29 @@ def _read_jsonl(problem, split, fmt, path):
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         keys = [*fmt.text, *([fmt.label] if split != "test" and fmt.label is not None else []),
-                *([fmt.index] if fmt.index and split == "test" else [])]
+                *([fmt.index] if fmt.index and split == "test" else []),
+                *(name for name in (fmt.image, fmt.features) if name)]
         absent = [key for key in keys if key not in record]
         if absent:
             raise ValueError(f"{where}: no key {absent[0]!r} (its keys: {', '.join(record)})")
+        if words:
+            examples.append(_words(problem, split, fmt, path, number, record))
+            lines_of.append(number)
+            continue
         texts = [record[key] for key in fmt.text]
-        if not all(isinstance(text, str) for text in texts):
-            raise ValueError(f"{where}: text keys {list(fmt.text)} must hold strings")
         label = _parse_label(problem, fmt, record[fmt.label], where) if fmt.label is not None and fmt.label in record \
             else None
         index = (str(record[fmt.index]) if fmt.index else str(len(examples))) if split == "test" else None
-        examples.append(Example(f"{problem.name}-{split}-{number}", texts[0], texts[1] if len(texts) > 1 else None,
-                                label, index))
+        examples.append(_example(problem, split, fmt, path, number, texts, label, index,
+                                 record.get(fmt.image), record.get(fmt.features)))
         lines_of.append(number)
     if not examples:
         raise ValueError(f"{path} has no JSON records")
-    labelled = [example.label is not None for example in examples]
+    labelled = [(example.tags if words else example.label) is not None for example in examples]
     if any(labelled) and not all(labelled):
         number = lines_of[labelled.index(False)]
         raise ValueError(f"{path} line {number}: no key {fmt.label!r}, which other lines have")
-    return examples, lines_of
+    return examples, None if words else lines_of
 
 
 def _read_conll(problem, split, fmt, path):
@@ -175,7 +215,7 @@ def _read_text(problem, split, fmt, path):
 
 
 READERS = {"tsv": _read_tsv, "jsonl": _read_jsonl, "conll": _read_conll, "pku": pku.read_pku, "text": _read_text,
-           "pku_documents": pku.read_pku_documents, "cmudict": cmudict.read_cmudict}
+           "pku_documents": pku.read_pku_documents, "cmudict": cmudict.read_cmudict, "idx": fashion_mnist.read_idx_split}
 
 
 def problem_file(data_dir, problem, split):

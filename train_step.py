@@ -39,7 +39,7 @@ def training_step(net, model, batches, row, heads, optimizer, scheduler, scaler,
             output = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], row,
                          batch["head_labels"], token_index=batch["token_index"], heads=heads,
                          masked_index=batch.get("masked_index"), denominators=denominators,
-                         example_index=batch.get("example_index"))
+                         example_index=batch.get("example_index"), inputs=batch.get("inputs"))
             tallied = torch.stack(output.losses) / len(batches)  # (k,)
             loss = (tallied * loss_weights).sum()  # a factor of 1.0 is exact
         scaler.scale(loss).backward()
