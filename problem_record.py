@@ -177,7 +177,7 @@ class Problem:
         """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same; a
         tagging problem's jsonl sentences are lists of words)."""
         form = next(iter(self.splits.values())).inputs
-        return WORDS_INPUT if problem_types.of(self).reads == "tokens" else form
+        return WORDS_INPUT if problem_types.of(self).word_inputs else form
 
     @property
     def dev_splits(self):

@@ -102,6 +102,7 @@ class ProblemType:
     reads = "pooled"  # what the head reads: "pooled" (B, H), "tokens" (N, H) or "masked" (M, H)
     has_label_list = True  # the problem lists its labels (the head's output order)
     per_token = False  # loss and labels per token: the loss is normalised over the step's labelled tokens
+    word_inputs = False  # an input is a list of words, one label each (a jsonl sentence; CoNLL)
     masks_inputs = False  # masked afresh every step: a group of its own, dev masked once, out of the mean score
     next_sentence = False  # also predicts next sentences (BERT's seq_relationship head)
     file_suffix = ".tsv"  # of its prediction file; None: it writes none
@@ -416,6 +417,7 @@ class SequenceTaggingType(ProblemType):
     head = heads.TokenHead
     reads = "tokens"
     per_token = True
+    word_inputs = True
     file_suffix = ".conll"
     formats = ("conll", "jsonl")  # jsonl: a list of words and a list of tags per line (an image, vectors beside)
 

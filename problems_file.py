@@ -282,7 +282,7 @@ def _split_from_spec(spec, format_, file, where, root):
         raise ValueError(f"{where}: text must name one or two {'columns' if format_ == 'tsv' else 'keys'} "
                          "(a sentence or a pair)" + ("" if others else ", unless the problem gives an image or "
                                                      "features"))
-    if problem_types.get(spec["type"]).reads == "tokens" and len(text or ()) != 1:
+    if problem_types.get(spec["type"]).word_inputs and len(text or ()) != 1:
         raise ValueError(f"{where}: a {spec['type']} problem's text is one key, holding a list of words")
     for key in ("label", "index", "label_separator", "image", "features"):
         if key in spec and (not isinstance(spec[key], str) or not spec[key]):

@@ -112,7 +112,7 @@ def _words(problem, split, fmt, path, number, record):
 
 
 def _read_jsonl(problem, split, fmt, path):
-    words = problem_types.get(problem.type).reads == "tokens"  # a tagging problem's sentences are lists of words
+    words = problem_types.get(problem.type).word_inputs  # a tagging problem's sentences are lists of words
     examples, lines_of = [], []
     for number, line in _decoded_lines(path, fmt):
         if not line.strip():
