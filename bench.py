@@ -7,6 +7,7 @@ side by side in one process on the same real GLUE batches; also evaluation, Gate
     python bench.py --sections train --profile 5      # torch.profiler's top ops of path (1) over 5 steps
     python bench.py --device cpu --sections group     # an & group of three People's Daily problems
     python bench.py --device cpu --sections mlm       # a masked-LM step against transformers' BertForMaskedLM
+    python bench.py --device cpu --sections seq2seq   # seq2seq training and generation against EncoderDecoderModel
     python bench.py --device cpu --sections onnx      # evaluation on onnxruntime against ours (bench_onnx.py)
 
 The paths, fed the identical batches:
@@ -33,7 +34,8 @@ Sections: train (one optimizer step), fwdbwd (forward+backward only), eval (forw
 --eval_batch_size; sorted by length and padded to the longest as evaluation.predict_split, except the original: file
 order, padded to 128, logits to the host per batch), gated (Gated-BERT's step), pals (PALs' step beside EmBERT's),
 group and mlm (below), data (featurising every GLUE file cold in one process and in --workers processes, then from
-the cache).
+the cache), seq2seq (bench_seq2seq.py's docstring: cmudict_g2p's training step and greedy and beam generation
+against transformers' EncoderDecoderModel).
 Also: the host cost of path (1)'s batch pipeline, the projected time of the seed's 60,000-step run, --profile, and
 everything in --json.
 
@@ -104,6 +106,7 @@ import problems
 from bench_onnx import onnx_section, print_onnx_section
 from bench_problems import (GROUP_PROBLEMS, data_section, group_section, mlm_section, print_group_section,
                             print_mlm_section)
+from bench_seq2seq import SEQ2SEQ_PROBLEM, print_seq2seq_section, seq2seq_section
 from bench_training import (BATCH_SIZE, BENCH_TASKS, MAX_SEQ_LENGTH, SEED, SEED_RUN_STEPS, BenchRun, gated_section,
                             load_glue_batches, pals_section, print_section, training_sections)
 
@@ -168,6 +171,8 @@ SECTIONS = {
     "mlm": Section(mlm_section, glue=False, printer=print_mlm_section,
                    title="mlm train: {args.mlm_problem} (masked LM), ours against transformers.BertForMaskedLM"),
     "data": Section(data_section, glue=False),
+    "seq2seq": Section(seq2seq_section, glue=False, printer=print_seq2seq_section,
+                       title=f"seq2seq: {SEQ2SEQ_PROBLEM}, ours against transformers.EncoderDecoderModel"),
     "onnx": Section(onnx_section, glue=False, printer=print_onnx_section,
                     title="onnx eval: onnxruntime against ours, CPU, one thread, batch {args.eval_batch_size}"),
 }

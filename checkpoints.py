@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+import problem_types
 import modeling_inputs
 import tokenization
 
@@ -251,7 +252,11 @@ def build_model(method, config, tasks, state=None, source=None, require_all=Fals
     names of the parameters left freshly initialised; ValueError (one line naming the keys and the file) when the
     checkpoint does not fit."""
     model = method.modeling.BertForMultiTask(config, [t.num_labels for t in tasks], [t.type for t in tasks],
-                                             num_groups)
+                                             num_groups, list(tasks))
     modeling_inputs.add_input_embeddings(model, tasks)  # images and feature vectors, when a problem has them
     fresh = load_mapped_state(model, state, source, require_all) if state is not None else list(model.state_dict())
+    for head, task in enumerate(tasks):  # a head none of whose parameters came from the checkpoint: its type's start
+        names = [name for name in model.state_dict() if name.startswith(f"classifier.{head}.")]
+        if names and set(names) <= set(fresh):
+            problem_types.of(task).initialize_head(task, model, head)
     return model, fresh

@@ -32,33 +32,36 @@ class SplitPass:
     autocast_dtype: torch.dtype | None = None
     pad_to: int | None = None  # hardware.batch_padding
     desc: str | None = None  # progress bar label (None: no bar)
+    vocab_file: object = None  # the vocabulary (a path), where a type decodes generated word pieces
 
     @torch.no_grad()
     def batches(self, masked=False):
-        """Yields each batch's example indices, the batch on the device (with masking.with_masked_positions when
-        `masked`) and the head's logits; the model is in eval mode meanwhile, restored after."""
+        """Yields each batch's row indices, the batch on the device (with masking.with_masked_positions when
+        `masked`) and the head's logits (a head on the pooled output: for the rows that stand for examples,
+        features.example_indices); the model is in eval mode meanwhile, restored after."""
         model, features = self.model, self.features
         was_training = model.training
         model.eval()
         order = torch.argsort(features.lengths, descending=True, stable=True)
         for start in tqdm(range(0, len(features), self.batch_size), desc=self.desc, leave=False,
-                          disable=self.desc is None):
+                          disable=True if self.desc is None else None):  # None: off when stderr is no terminal
             indices = order[start:start + self.batch_size]
             batch = make_batch(features, indices, pad_to=self.pad_to, pad_multiple=PAD_MULTIPLE)
             batch = to_device(masking.with_masked_positions(batch) if masked else batch, self.device)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 output = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], self.row,
                                token_index=batch["token_index"], heads=[self.head],
-                               masked_index=batch.get("masked_index"), inputs=batch.get("inputs"))
+                               masked_index=batch.get("masked_index"), example_index=batch.get("example_index"),
+                               inputs=batch.get("inputs"))
             yield indices, batch, output.logits[0]
         model.train(was_training)
 
 
 def predict_split(model, problem, features, row, head, batch_size, device, autocast_dtype=None, pad_to=None,
-                  desc=None):
+                  desc=None, vocab_file=None):
     """`problem`'s predictions on one split (its type's: labels, values, tags; a masked LM's sums over its masked
-    tokens), from head `head` through task row `row`."""
-    split_pass = SplitPass(model, features, row, head, batch_size, device, autocast_dtype, pad_to, desc)
+    tokens; generated text), from head `head` through task row `row`."""
+    split_pass = SplitPass(model, features, row, head, batch_size, device, autocast_dtype, pad_to, desc, vocab_file)
     return problem_types.of(problem).predict(problem, split_pass)
 
 
@@ -78,17 +81,17 @@ def dev_set(problem, features, masking_spec):
     return masking.mask_dev_set(features, masking_spec) if problem_types.of(problem).masks_inputs else features
 
 
-def evaluate(model, eval_sets, problems, batch_size, device, autocast_dtype, pad_to, row_of):
+def evaluate(model, eval_sets, problems, batch_size, device, autocast_dtype, pad_to, row_of, vocab_file=None):
     """Metrics on whole dev sets: {problem: {metric: value}} and the mean of the problems' scores. `problems`: the
     model's problems in head order; eval_sets: (name, split, features) with dev_set's features; row_of: each head's
-    task row."""
+    task row; vocab_file: the run's vocabulary (generated word pieces are decoded with it)."""
     by_name = {p.name: p for p in problems}
     heads = list(by_name)
     scores = {}
     for name, split, features in eval_sets:
         head = heads.index(name)
         predictions = predict_split(model, by_name[name], features, row_of[head], head, batch_size, device,
-                                    autocast_dtype, pad_to, desc=f"eval {name}")
+                                    autocast_dtype, pad_to, desc=f"eval {name}", vocab_file=vocab_file)
         scores.setdefault(name, {}).update(split_metrics(by_name[name], split, predictions, features))
     return scores, mean_score(scores, by_name)
 

@@ -4,14 +4,18 @@ Text inputs are `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`, kept un-padded and p
 `input_ids[offsets[i]:offsets[i + 1]]`, the first `segment_a_len[i]` of them in segment 0. Word inputs (a list of
 words per sentence, as tagging problems read them) become one row per piece of a sentence, `[CLS] pieces [SEP]`: a
 sentence longer than max_seq_length allows is cut into consecutive rows at word boundaries, never truncated or
-dropped, so every word gets exactly one prediction (on its first piece). `make_batch` pads a batch with vectorised
-tensor ops; `cached_features` keeps features on disk under a name that hashes everything they depend on.
+dropped, so every word gets exactly one prediction (on its first piece). A problem that labels the whole example
+(cls, regression, multi_cls) on word inputs reads only each sentence's first row: its input is the sentence cut to
+max_seq_length at a word boundary, as a long text is truncated, and it is trained, scored and written once per
+sentence (`example_rows`); an & group keeps one encoder pass over all the rows. `make_batch` pads a batch with
+vectorised tensor ops; `cached_features` keeps features on disk under a name that hashes everything they depend on.
 """
 import array
 import hashlib
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -75,12 +79,15 @@ class Features:
     Problems whose input is a list of words (seq_tag, and People's Daily's entity types) have one row per piece of
     a sentence: [CLS] words [SEP], all segment 0; a sentence too long for max_seq_length is cut into consecutive
     rows at word boundaries. `sentence`, `first_word` and `word_starts` map the rows back to the words of the file.
+    A per-example problem's labels sit on every row of a sentence, and only its first row is an example
+    (example_rows).
     """
     input_ids: torch.Tensor  # int32 [total tokens], all examples concatenated
     offsets: torch.Tensor  # int64 [N + 1]
     segment_a_len: torch.Tensor  # int32 [N]
     # cls: int64 [N] class index; regression: float32 [N] label / label_scale (STS-B: score / 5);
-    # multi_cls: float32 [N, L] multi-hot; None for seq_tag and on test
+    # multi_cls: float32 [N, L] multi-hot (word inputs: the sentence's, on each of its rows); None for seq_tag and
+    # on test
     labels: torch.Tensor | None
     index: list | None = field(default=None)  # test splits: the file's index/id value per example
     # seq_tag with labels: int64 [total tokens], aligned to input_ids: the label id at each word's first piece,
@@ -151,6 +158,9 @@ _worker_tokenizer = None
 def _init_worker(tokenizer):
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
+    # Ctrl-C reaches the whole process group: the parent stops the pool, so a worker's own traceback would only add
+    # noise to the one line the script prints.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _encode_in_worker(job):
@@ -300,6 +310,18 @@ def word_values(features, token_values):
     return sentences
 
 
+def example_indices(features, indices):
+    """Of the rows at `indices`, those that stand for an example of a per-example problem, in order: all of them for
+    text inputs; for word inputs the rows that start a sentence (a sentence's later pieces carry no example)."""
+    return indices if features.first_word is None else indices[features.first_word[indices] == 0]
+
+
+def example_rows(features):
+    """int64 (S,): the rows of the features' S examples in a per-example problem, in file order (example_indices of
+    every row)."""
+    return example_indices(features, torch.arange(len(features)))
+
+
 def packed_positions(features, indices):
     """Where the real tokens of the examples at `indices` sit in the features' packed input_ids, in the model's token
     order (row-major: example by example), (N,) int64."""
@@ -347,8 +369,8 @@ def first_examples(features, count):
 def make_batch(features, indices, pad_to=None, pad_multiple=8):
     """Pad the examples at `indices` into a batch of int64 [B, T] tensors (plus labels [B] unless on test, and the
     flat positions of the real tokens, token_index [N]; multi_cls labels are [B, L]; seq_tag features add
-    token_labels [N], one per real token, in token_index order; features with images or feature vectors add
-    "inputs", modalities.batch_inputs).
+    token_labels [N], one per real token, in token_index order; word inputs example_index [E], the rows that start
+    a sentence; features with images or feature vectors add "inputs", modalities.batch_inputs).
 
     T = the longest example rounded up to `pad_multiple` (padding is masked, so results do not change, and
     tensor-core friendly shapes repeat more often), or exactly `pad_to` (Gated-BERT's gate needs max_seq_length).
@@ -384,6 +406,9 @@ def make_batch(features, indices, pad_to=None, pad_multiple=8):
     if features.token_labels is not None:
         # [N]: the labels of the real tokens in token_index order (row-major; boolean indexing keeps that order)
         batch["token_labels"] = features.token_labels[gather_at[real]]
+    if features.first_word is not None:
+        # [E]: the batch rows that start a sentence, the only ones a per-example head reads (example_indices)
+        batch["example_index"] = (features.first_word[indices] == 0).nonzero().squeeze(1)
     if features.modality is not None:  # images and feature vectors: what the model puts in their tokens' rows
         batch["inputs"] = modalities.batch_inputs(features, indices, gather_at, real)
     return batch

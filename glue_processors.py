@@ -245,13 +245,14 @@ def _check_file(data_dir, task, split):
     return path
 
 
-def read_lines(path):
-    """Lines of a UTF-8 file as bytes (decoded field by field later), without MRPC's BOM and without line ends."""
+def read_lines(path, expected="a tab-separated GLUE file"):
+    """Lines of a UTF-8 file as bytes (decoded field by field later), without MRPC's BOM and without line ends.
+    `expected`: what the file should hold, in the message for an empty one."""
     data = path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     if not data.strip():
-        raise ValueError(f"{path} is empty (expected a tab-separated GLUE file)")
+        raise ValueError(f"{path} is empty (expected {expected})")
     if b"\r\n" in data:
         data = data.replace(b"\r\n", b"\n")  # Windows line ends, as a copy of QQP dev has
     lines = data.split(b"\n")  # only "\n": unlike str.splitlines(), not \x1c, \x85, \u2028 and others inside texts

@@ -21,6 +21,10 @@ class EncoderOutput:
     masked_index: torch.Tensor | None = None  # (M,): where the masked tokens sit among the N
     pretraining: nn.Module | None = None  # the model's `cls` (modeling.BertPreTrainingHeads), for masked-LM heads
     word_embeddings: torch.Tensor | None = None  # (V, H): the masked-LM decoder's tied weight
+    attention_mask: torch.Tensor | None = None  # (B, T): 1 at real tokens (a seq2seq decoder pads `tokens` back)
+    token_index: torch.Tensor | None = None  # (N,): the real tokens' flat positions b * T + t, with `tokens`
+    # (E,): the rows that stand for an example (word inputs: the rows that start a sentence); None: every row
+    example_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -32,14 +36,16 @@ class PreTrainingLogits:
 
 
 class PooledHead(nn.Linear):
-    """dropout(pooled) -> linear: (B, H) -> (B, num_labels). cls, regression (one output) and multi_cls."""
+    """dropout(pooled) -> linear: (B, H) -> (B, num_labels), or (E, num_labels) for the E rows of `example_index`
+    (a sentence's later pieces are no examples). cls, regression (one output) and multi_cls."""
 
     def __init__(self, config, num_labels):
         super().__init__(config.hidden_size, num_labels)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, encoded):
-        return super().forward(self.dropout(encoded.pooled))
+        pooled = encoded.pooled if encoded.example_index is None else encoded.pooled[encoded.example_index]
+        return super().forward(self.dropout(pooled))
 
 
 class TokenHead(PooledHead):

@@ -27,7 +27,8 @@ import problems
 import run_test_multi_task
 from features import Example, TaggedSentence
 from hardware import AUTOCAST_DTYPES, batch_padding, resolve_precision
-from problem_record import PAIR_INPUT, TEXT_INPUT, WORDS_INPUT
+from cmudict import spelled_out
+from problem_record import PAIR_INPUT, SPELLED_INPUT, TEXT_INPUT, WORDS_INPUT
 from run_files import BEST_MODEL, LAST_CHECKPOINT
 from tokenization import FullTokenizer
 
@@ -35,7 +36,8 @@ from tokenization import FullTokenizer
 CHECKPOINT_FILES = {"best": BEST_MODEL, "last": LAST_CHECKPOINT}
 # What one input of each kind is, in error messages.
 INPUT_FORMS = {TEXT_INPUT: "one text (a str)", PAIR_INPUT: "a sentence pair (a tuple of two str)",
-               WORDS_INPUT: "a list of words (a non-empty list of str)"}
+               WORDS_INPUT: "a list of words (a non-empty list of str)",
+               SPELLED_INPUT: "one word as written (a str; spelled out as the training inputs are)"}
 
 
 def load_run(run_dir, checkpoint="best"):
@@ -72,6 +74,8 @@ def examples_of(problem, inputs):
         guid = f"{problem.name}-input-{i}"
         if form == TEXT_INPUT and isinstance(value, str):
             examples.append(Example(guid, value, None, None))
+        elif form == SPELLED_INPUT and isinstance(value, str) and value:
+            examples.append(Example(guid, spelled_out(value), None, None))
         elif form == PAIR_INPUT and isinstance(value, (tuple, list)) and len(value) == 2 \
                 and all(isinstance(text, str) for text in value):
             examples.append(Example(guid, value[0], value[1], None))
@@ -146,5 +150,5 @@ class Predictor:
         head = self.loaded.heads.index(problem.name)
         predictions = evaluation.predict_split(self.model, problem, data, self.loaded.row_of[head], head,
                                                batch_size or self.batch_size, self.device, self.autocast_dtype,
-                                               self.pad_to)
+                                               self.pad_to, vocab_file=self.loaded.vocab_file)
         return problem_types.of(problem).input_values(problem, predictions, data)

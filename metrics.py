@@ -1,16 +1,21 @@
-"""Metrics on a whole split, in percent, from the field's reference libraries (scikit-learn, scipy, seqeval).
+"""Metrics on a whole split, in percent, from the field's reference libraries (scikit-learn, scipy, seqeval,
+sacrebleu).
 
 A problem's row names its metrics per dev split (GLUE's as the benchmark reports them); its type decides which
 family they come from (problem_types.py): class and regression metrics (`compute_metrics`), multi-label F1
-(`multi_label_metrics`), span F1 of tagged sentences (`span_metrics`), and a masked LM's accuracy and perplexity from
-sums over its masked tokens (`masked_lm_metrics`).
+(`multi_label_metrics`), span F1 of tagged sentences (`span_metrics`), a masked LM's accuracy and perplexity from
+sums over its masked tokens (`masked_lm_metrics`), and generated sequences' BLEU (sacrebleu) or exact match
+(`generated_text_metrics`), and sequence accuracy and token error rate (rapidfuzz's Levenshtein distance,
+`generated_symbol_metrics`).
 """
 import math
 import sys
 import warnings
 
 import numpy as np
+import sacrebleu
 import torch
+from rapidfuzz.distance import Levenshtein
 from scipy import stats
 from seqeval import metrics as seqeval_metrics
 from sklearn import metrics as sk_metrics
@@ -93,6 +98,24 @@ def span_metrics(names, predicted, gold):
         "acc": lambda: seqeval_metrics.accuracy_score(gold, predicted),
     }
     return {name: 100.0 * float(values[name]()) for name in names}
+
+
+def generated_text_metrics(names, predicted, references, tokenize):
+    """bleu (sacrebleu's corpus BLEU, with its tokenizer `tokenize`) and exact_match (% of texts equal to their
+    reference) of generated texts against one reference each."""
+    values = {"bleu": lambda: sacrebleu.corpus_bleu(predicted, [references], tokenize=tokenize).score,
+              "exact_match": lambda: 100.0 * _accuracy(np.array(predicted, dtype=object),
+                                                       np.array(references, dtype=object))}
+    return {name: float(values[name]()) for name in names}
+
+
+def generated_symbol_metrics(names, predicted, references):
+    """seq_acc (% of sequences exactly right) and token_error_rate (100 x the summed Levenshtein distances over the
+    summed reference lengths) of generated symbol sequences (tuples of strings)."""
+    values = {"seq_acc": lambda: 100.0 * float(np.mean([p == r for p, r in zip(predicted, references, strict=True)])),
+              "token_error_rate": lambda: 100.0 * sum(Levenshtein.distance(p, r) for p, r in zip(predicted, references))
+              / sum(map(len, references))}
+    return {name: float(values[name]()) for name in names}
 
 
 def perplexity(mean_loss):

@@ -351,7 +351,8 @@ class BertPreTrainingHeads(nn.Module):
 class MultiTaskOutput:
     """What BertForMultiTask.forward returns, whatever the heads: one entry per head asked for, in that order."""
 
-    logits: list  # a head's logits: (B, L), (N, L), (M, V), or heads.PreTrainingLogits
+    logits: list  # a head's logits: (B, L), (N, L), (M, V), heads.PreTrainingLogits, or a seq2seq head's
+    # modeling_seq2seq.EncoderMemory (its decoder runs in its type's loss, and in generation)
     losses: list | None = None  # each head's loss (a 0-dim tensor), when labels were given
 
 
@@ -362,9 +363,11 @@ class BertForMultiTask(nn.Module):
     problem_types.TYPES), which builds the head and decides its loss; by default GLUE's by width
     (problem_types.glue_types). `num_groups`: the rows of the task embeddings (EmBERT), one per group of problems
     trained together on one batch ("a&b" in --tasks); by default one per head, and then a task id indexes both.
+    `problems`: each head's problem_record.Problem, for a type whose head needs more than its width (a seq2seq
+    decoder: its layers and vocabulary).
     """
 
-    def __init__(self, config, num_labels_per_task, types=None, num_groups=None):
+    def __init__(self, config, num_labels_per_task, types=None, num_groups=None, problems=None):
         super().__init__()
         num_tasks = num_groups or len(num_labels_per_task)
         if config.num_tasks is not None and config.num_tasks != num_tasks:
@@ -380,26 +383,29 @@ class BertForMultiTask(nn.Module):
         self.bert = BertModel(config)
         # classifier.N is problem N's head (the original code's name); a masked-LM problem's head holds no
         # parameters (it reads the shared `cls`, BERT's pre-training heads), so every other head keeps its name.
-        self.classifier = nn.ModuleList(kind.build_head(config, n)
-                                        for n, kind in zip(num_labels_per_task, self.head_types))
+        self.classifier = nn.ModuleList(kind.build_head(config, n, problem) for n, kind, problem
+                                        in zip(num_labels_per_task, self.head_types,
+                                               problems or [None] * len(self.head_types)))
         if any(kind.reads == "masked" for kind in self.head_types):
             self.cls = BertPreTrainingHeads(config, any(kind.next_sentence for kind in self.head_types))
         self.apply(partial(init_weights, std=config.initializer_range))
 
     def forward(self, input_ids, token_type_ids, attention_mask, task_id, labels=None, token_index=None, heads=None,
-                masked_index=None, denominators=None, inputs=None):
+                masked_index=None, denominators=None, example_index=None, inputs=None):
         """The logits of `heads` (head indices, default [task_id]) reading one encoder pass of task row `task_id`,
         and with `labels` (one per head) their losses. A head on the pooled output gives (B, num_labels) logits for
         labels (B,) or (B, L); a head on the tokens (N, num_labels) for the N real tokens in row-major order, labels
         (N,); a masked-LM head (M, vocab_size) for the M masked tokens at `masked_index` (positions among the N
         packed tokens, (M,)), labels (M,) their original ids. token_index: optional, see BertModel.forward.
         denominators: one per head, what a per-token loss divides its sum by (problem_types.token_loss; None: its
-        count of labelled tokens, a mean). inputs: the batch's images and feature vectors (see BertModel.forward)."""
+        count of labelled tokens, a mean), or a per-example loss on word inputs. example_index: (E,), the rows a head
+        on the pooled output reads when not every row is an example (a cut sentence's first row only); its logits
+        are then (E, num_labels). inputs: the batch's images and feature vectors (see BertModel.forward)."""
         heads = [task_id] if heads is None else heads
         kinds = [self.head_types[h] for h in heads]
         per_token = any(kind.reads != "pooled" for kind in kinds)
         encoded = self.encode(input_ids, token_type_ids, attention_mask, task_id, token_index, per_token, inputs)
-        encoded.masked_index = masked_index
+        encoded.masked_index, encoded.example_index = masked_index, example_index
         logits = [self.classifier[h](encoded) for h in heads]
         if labels is None:
             return MultiTaskOutput(logits)
@@ -413,15 +419,16 @@ class BertForMultiTask(nn.Module):
         shapes) the encoder returns (B, T, H) and the real tokens are gathered here, outside it, so a graph never
         sees the batch's varying token count."""
         packed_output = per_token and self.bert.pack_tokens
+        if per_token and token_index is None:
+            token_index = attention_mask.flatten().nonzero().squeeze(1)
         hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask, task_id, token_index,
                                    packed_output=packed_output, inputs=inputs)
         if per_token and not packed_output:
-            if token_index is None:
-                token_index = attention_mask.flatten().nonzero().squeeze(1)
             hidden = hidden.reshape(-1, hidden.shape[-1])[token_index]  # (N, H)
         return head_modules.EncoderOutput(pooled, hidden if per_token else None,
                                    pretraining=getattr(self, "cls", None),
-                                   word_embeddings=self.bert.embeddings.word_embeddings.weight)
+                                   word_embeddings=self.bert.embeddings.word_embeddings.weight,
+                                   attention_mask=attention_mask, token_index=token_index if per_token else None)
 
     def shape_hint(self, state):
         """Name the config setting a checkpoint's shape mismatch most likely comes from ("" if none)."""

@@ -100,8 +100,8 @@ def mix_adapters(x, down, up, task_id, gate, own_scale, other_scale):
 class BertForMultiTask(modeling.BertForMultiTask):
     """modeling.BertForMultiTask with the last layer's self-attention gated."""
 
-    def __init__(self, config, num_labels_per_task, types=None, num_groups=None):
-        super().__init__(config, num_labels_per_task, types, num_groups)
+    def __init__(self, config, num_labels_per_task, types=None, num_groups=None, problems=None):
+        super().__init__(config, num_labels_per_task, types, num_groups, problems)
         self.bert.pack_tokens = False  # the gate reads every position's hidden states, padding included
         gated = GatedSelfAttention(self.config)
         gated.apply(partial(modeling.init_weights, std=self.config.initializer_range))

@@ -118,10 +118,11 @@ class BertEncoder(modeling.BertEncoder):
 class BertForMultiTask(modeling.BertForMultiTask):
     """modeling.BertForMultiTask with a PAL per task in every layer."""
 
-    def __init__(self, config, num_labels_per_task, types=None, num_groups=None):
+    def __init__(self, config, num_labels_per_task, types=None, num_groups=None, problems=None):
         # modeling's model without layers (embeddings, pooler, heads, initialised), then the PAL encoder: building
         # plain layers only to replace them would allocate and initialise the whole encoder twice.
-        super().__init__(dataclasses.replace(config, num_hidden_layers=0), num_labels_per_task, types, num_groups)
+        super().__init__(dataclasses.replace(config, num_hidden_layers=0), num_labels_per_task, types, num_groups,
+                         problems)
         self.config = self.bert.config = dataclasses.replace(self.config, num_hidden_layers=config.num_hidden_layers)
         self.bert.encoder = BertEncoder(self.config)
         for module in self.bert.encoder.modules():  # modules() yields each shared projection once

@@ -1,9 +1,10 @@
 """The multi-task training loop shared by run_multi_task.py (EmBERT), run_multi_task_gated.py (Gated-BERT) and
-run_multi_task_pals.py (PALs): the flags, the run plan, resume, and the loop.
+run_multi_task_pals.py (PALs): the flags, the run plan, and the loop (--resume's decisions are resume.py's).
 
 The scripts differ only in their `methods.Method`. `main` reads top to bottom: check every input into an immutable
-`Plan` (nothing is written before it passes), data, model, resume state, output directory, optimizer, then the loop
-(sample a group, `train_step.training_step`, log), evaluations and checkpoints.
+`Plan`, decide what --resume does, data, model, resume state, optimizer and schedule (everything that can refuse a run
+has run before anything is written), output directory, then the loop (sample a group, `train_step.training_step`,
+log), evaluations and checkpoints.
 
 Files written to --output_dir (rank 0 only, every write atomic; names in run_files.py):
   args.json            every resolved argument (paths absolute)
@@ -30,7 +31,8 @@ import logging
 import math
 import os
 import shutil
-import signal
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,28 +51,34 @@ import problem_types
 import problems
 import problems_file
 import reporting
+import resume
 import tokenization
+from cli import StopRequest, check_output_dir, fail
 from features import first_examples
 from hardware import AUTOCAST_DTYPES, batch_padding, compile_encoder, resolve_precision, select_device
-from run_files import (ARGS_FILE, BEST_MODEL, CONFIG_FILE, EPOCH_MODEL, EVAL_LOG, LAST_CHECKPOINT, REPORT_DIR,
-                       TEXT_LOG, TRAIN_LOG, VOCAB_FILE, append_jsonl, attach_log_file, fail, remove_run_files,
-                       save_json, save_torch, setup_logging, truncate_jsonl)
+from run_files import (ARGS_FILE, BEST_MODEL, CLOCK_FORMAT, CONFIG_FILE, EPOCH_MODEL, EVAL_LOG, LAST_CHECKPOINT,
+                       REPORT_DIR, TEXT_LOG, TRAIN_LOG, VOCAB_FILE, append_jsonl, attach_log_file, remove_run_files,
+                       save_json, save_torch, setup_logging)
 from sampler import SAMPLE_MODES, STEPS_PER_TASK_PER_EPOCH, TaskSampler
 from train_step import BatchPlan, LossTally, token_denominators, training_batch, training_step
 
-# Arguments a resumed run must share with the run it continues.
-RESUME_INVARIANTS = ("tasks", "problems", "sample", "seed", "train_batch_size", "gradient_accumulation_steps",
-                     "learning_rate", "num_train_epochs", "steps_per_epoch", "warmup_proportion", "optimizer",
-                     "max_seq_length", "bert_config_file", "h_aug", "freeze", "max_steps", "warmup_steps",
-                     "weight_decay", "eval_steps", "max_train_samples", "max_eval_samples", "metric_for_best_model")
 # Arguments holding paths: stored absolute in args.json, so a run directory works from any working directory.
 PATH_ARGUMENTS = ("data_dir", "vocab_file", "bert_config_file", "init_checkpoint", "output_dir", "cache_dir",
                   "problems")
-# Exit status of a run interrupted by a signal once its checkpoint is saved: the shell's convention, 128 + signal.
-SIGNAL_EXIT_BASE = 128
 MEAN_SCORE = evaluation.MEAN_SCORE
 
 logger = logging.getLogger("embert")
+
+
+def finite_float(text):
+    """argparse type of every float flag: a number, never NaN or infinity (which no setting means)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def parse_args(description, argv=None):
@@ -123,18 +131,18 @@ def parse_args(description, argv=None):
     parser.add_argument("--train_batch_size", type=int, default=32,
                         help="examples per optimizer step, over all accumulation steps and processes")
     parser.add_argument("--eval_batch_size", type=int, default=8, help="examples per evaluation batch")
-    parser.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
-    parser.add_argument("--num_train_epochs", type=float, default=3.0,
+    parser.add_argument("--learning_rate", type=finite_float, default=5e-5, help="peak learning rate")
+    parser.add_argument("--num_train_epochs", type=finite_float, default=3.0,
                         help="epochs of --steps_per_epoch optimizer steps (fractions allowed)")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="train exactly this many optimizer steps (overrides --num_train_epochs)")
     parser.add_argument("--steps_per_epoch", type=int, default=None,
                         help=f"optimizer steps per epoch (default {STEPS_PER_TASK_PER_EPOCH} x number of tasks)")
-    parser.add_argument("--warmup_proportion", type=float, default=0.1,
+    parser.add_argument("--warmup_proportion", type=finite_float, default=0.1,
                         help="fraction of all steps with linear warm-up of the learning rate")
     parser.add_argument("--warmup_steps", type=int, default=None,
                         help="steps of linear warm-up (overrides --warmup_proportion)")
-    parser.add_argument("--weight_decay", type=float, default=optimization.WEIGHT_DECAY,
+    parser.add_argument("--weight_decay", type=finite_float, default=optimization.WEIGHT_DECAY,
                         help="decoupled weight decay on every parameter but biases and LayerNorms")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
                         help="micro-batches per optimizer step (one task per step)")
@@ -154,7 +162,7 @@ def parse_args(description, argv=None):
                         help=f"also write the training curves and dev metrics as TensorBoard event files, under "
                              f"--output_dir/{REPORT_DIR} (needs the tensorboard package)")
     parser.add_argument("--resume", action="store_true",
-                        help=f"continue from --output_dir/{LAST_CHECKPOINT} (start fresh if there is none)")
+                        help=f"continue from --output_dir/{LAST_CHECKPOINT} (start fresh in an empty or absent folder)")
     parser.add_argument("--overwrite_output_dir", action="store_true",
                         help="replace the run in a non-empty --output_dir (only once every input has been checked; "
                              "only the files a run writes are removed)")
@@ -176,6 +184,8 @@ def parse_args(description, argv=None):
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.warmup_steps is not None and args.warmup_steps < 0:
         parser.error(f"--warmup_steps must be at least 0, got {args.warmup_steps}")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning_rate must be positive, got {args.learning_rate}")
     if args.weight_decay < 0:
         parser.error(f"--weight_decay must be at least 0, got {args.weight_decay}")
     if args.num_train_epochs <= 0:
@@ -185,33 +195,6 @@ def parse_args(description, argv=None):
     if not (args.do_train or args.do_eval):
         parser.error("nothing to do: give --do_train, --do_eval or both")
     return args
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM ask the loop to save a resumable checkpoint and exit at the next step boundary;
-    a second Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    @property
-    def requested(self):
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning(f"{signal.Signals(signum).name}: saving a resumable checkpoint at the end of this step")
-
-    def exit_status(self):
-        """128 + the signal's number; SIGINT's for a process that learnt of the stop from another rank."""
-        return SIGNAL_EXIT_BASE + (self.signum or signal.SIGINT)
-
-    def restore(self):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 @dataclass
@@ -266,6 +249,7 @@ class Plan:
     pad_to: int | None  # hardware.batch_padding
     masking: masking.Masking | None  # the vocabulary's special tokens, for masked-LM problems
     resolved: dict  # args.json
+    record: dict  # config.json (model_config_record)
 
     @property
     def names(self):
@@ -326,9 +310,22 @@ def resolve_task_groups(spec, task_id, user_problems):
         fail(str(err))
 
 
+def check_dev_sets(run_problems):
+    """--do_eval evaluates the problems that have a dev set: none is an error, some a warning naming the others."""
+    without = [p.name for p in run_problems if not p.dev_splits]
+    if len(without) == len(run_problems):
+        fail(f"--do_eval: no problem of --tasks has a dev set ({', '.join(without)}: give a \"dev\" file in the "
+             "problems file), so there is nothing to evaluate; drop --do_eval to keep the last model")
+    if without:
+        logger.warning(f"--do_eval: {', '.join(without)} {'has' if len(without) == 1 else 'have'} no dev set and "
+                       f"{'is' if len(without) == 1 else 'are'} not evaluated; the dev score is the mean of "
+                       f"{', '.join(p.name for p in run_problems if p.dev_splits)}")
+
+
 def check_best_model_metric(name, run_problems):
-    """--metric_for_best_model must name the mean, one of the run's problems, or one of a problem's dev metrics."""
-    metrics = {p.name: {m for names in p.metrics.values() for m in names} for p in run_problems}
+    """--metric_for_best_model must name the mean, one of the run's problems with a dev set, or one of a problem's
+    dev metrics."""
+    metrics = {p.name: {m for names in p.metrics.values() for m in names} for p in run_problems if p.dev_splits}
     problem, _, metric = name.partition("/")
     if name == MEAN_SCORE or (problem in metrics and (not metric or metric in metrics[problem])):
         return
@@ -345,6 +342,7 @@ def check_inputs(run):
     """Every check of the flags, data files, config and vocabulary that needs no tokenizing, into the run's Plan;
     nothing is written."""
     args, method, output_dir = run.args, run.method, run.output_dir
+    check_output_dir(output_dir, "--output_dir")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.resume and not args.overwrite_output_dir:
         fail(f"--output_dir {args.output_dir} is not empty: pass --resume to continue that run or "
              "--overwrite_output_dir")
@@ -356,12 +354,14 @@ def check_inputs(run):
     name_groups = resolve_task_groups(args.tasks, args.task_id, user_problems)
     names = [name for group in name_groups for name in group]  # head order
     run_problems = tuple(problems.get_problem(name, user_problems) for name in names)
+    if args.do_eval:
+        check_dev_sets(run_problems)
     check_best_model_metric(args.metric_for_best_model, run_problems)
     missing = problems.missing_problem_files(args.data_dir, names, ["train"] * args.do_train + ["dev"] * args.do_eval,
                                              user_problems)
     if missing:
         fail(f"--data_dir {args.data_dir} lacks {len(missing)} file(s) for --tasks {','.join(names)}: "
-             f"{', '.join(map(str, missing))}")
+             f"{', '.join(f'{path} (a folder, not a file)' if path.is_dir() else str(path) for path in missing)}")
     masking_spec = None
     try:
         config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
@@ -390,8 +390,10 @@ def check_inputs(run):
     if any(len(group) > 1 for group in name_groups):
         resolved["task_groups"] = name_groups
     groups = tuple(tuple(names.index(name) for name in group) for group in name_groups)
+    record = model_config_record(config, method.name, run_problems, args.max_seq_length, args.do_lower_case,
+                                 resolved.get("task_groups"), user_problems)
     return Plan(run_problems, groups, user_problems, config, steps_per_epoch, total_steps, num_epochs, micro_batch,
-                batch_padding(method, args.max_seq_length), masking_spec, resolved)
+                batch_padding(method, args.max_seq_length), masking_spec, resolved, record)
 
 
 def _declares_our_attn(config_file):
@@ -444,14 +446,17 @@ def check_same_inputs(plan, train_sets):
                 and modalities.same_inputs(data, first)
             if same:
                 continue
-            count = min(len(data), len(first))
-            differs = next((i for i in range(count)
-                            if not torch.equal(first.input_ids[first.offsets[i]:first.offsets[i + 1]],
-                                               data.input_ids[data.offsets[i]:data.offsets[i + 1]])
-                            or first.segment_a_len[i] != data.segment_a_len[i]), count)
-            fail(f"--tasks: {plan.problems[group[0]].name} & {plan.problems[other].name} must have the same inputs, "
-                 f"but their training examples differ from example {differs} on ({len(first)} and {len(data)} "
-                 "examples); train them in separate groups with | instead")
+            a, b = plan.problems[group[0]].name, plan.problems[other].name
+            if len(first) != len(data):
+                how = f"{a} has {len(first)} training examples and {b} {len(data)}"
+            else:
+                differs = next(i for i in range(len(first))
+                               if not torch.equal(first.input_ids[first.offsets[i]:first.offsets[i + 1]],
+                                                  data.input_ids[data.offsets[i]:data.offsets[i + 1]])
+                               or first.segment_a_len[i] != data.segment_a_len[i])
+                how = f"their training examples differ from example {differs} on (0-based; {len(first)} each)"
+            fail(f"--tasks: {a} & {b} must have the same inputs, but {how}; train them in separate groups with | "
+                 "instead")
 
 
 def load_model(run, plan):
@@ -475,27 +480,6 @@ def load_model(run, plan):
         for name, p in model.named_parameters():
             p.requires_grad_(not checkpoints.BERT_PARAMETER.fullmatch(name))
     return model, fresh
-
-
-def read_resume_state(run, plan):
-    """The checkpoint --resume continues from (None to start afresh), checked against the flags; nothing written."""
-    if not (run.args.resume and run.checkpoint_path.is_file()):
-        return None
-    previous_args = run.output_dir / ARGS_FILE
-    try:
-        previous = json.loads(previous_args.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        fail(f"--resume: cannot read {previous_args} ({err}); start afresh with --overwrite_output_dir")
-    changed = [f"--{k} (was {previous[k]!r}, now {plan.resolved[k]!r})"
-               for k in RESUME_INVARIANTS if k in previous and previous[k] != plan.resolved[k]]
-    if previous.get("task_groups") != plan.resolved.get("task_groups"):
-        changed.append(f"--tasks (groups were {previous.get('task_groups')}, now {plan.resolved.get('task_groups')})")
-    if changed:
-        fail(f"--resume must repeat the interrupted run's settings; changed: {', '.join(changed)}")
-    try:
-        return checkpoints.load_torch_file(run.checkpoint_path, weights_only=False)
-    except (OSError, ValueError) as err:
-        fail(f"--resume: {err}; start afresh with --overwrite_output_dir")
 
 
 def model_config_record(config, method_name, tasks, max_seq_length, do_lower_case, groups=None, user_problems=None):
@@ -528,33 +512,21 @@ def prepare_output_dir(run, plan, resuming):
         attach_log_file(output_dir / TEXT_LOG)
         if not resuming:
             save_json(plan.resolved, output_dir / ARGS_FILE)
-            save_json(model_config_record(plan.config, run.method.name, plan.problems,
-                                                      run.args.max_seq_length, run.args.do_lower_case,
-                                                      plan.resolved.get("task_groups"), plan.user_problems),
-                      output_dir / CONFIG_FILE)
+            save_json(plan.record, output_dir / CONFIG_FILE)
             shutil.copyfile(run.args.vocab_file, output_dir / VOCAB_FILE)
     run.barrier()
 
 
-def restore(run, state, model, optimizer, scheduler, scaler, sampler, progress):
-    """Continue from a checkpoint: weights, optimizer, schedule, sampler, step and the dropout random streams."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    sampler.load_state_dict(state["sampler"])
-    progress.global_step, progress.best_score = state["global_step"], state["best_score"]
-    if len(state["rng"]) == run.world_size:  # the dropout streams continue exactly
-        torch.set_rng_state(state["rng"][run.rank]["cpu"])
-        if run.device.type == "cuda" and state["rng"][run.rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"][run.rank]["cuda"])
-    else:
-        logger.warning(f"resuming {len(state['rng'])} process(es)' run with {run.world_size}: same data and tasks, "
-                       "new dropout random streams")
-    if run.is_main:
-        truncate_jsonl(run.output_dir / TRAIN_LOG, progress.global_step)
-        truncate_jsonl(run.output_dir / EVAL_LOG, progress.global_step)
-    logger.info(f"resumed from {run.checkpoint_path} at step {progress.global_step}")
+def build_optimization(run, plan, model):
+    """The optimizer and the learning-rate schedule; their constructors' refusals as one-line errors."""
+    args = run.args
+    warmup = args.warmup_proportion if args.warmup_steps is None else args.warmup_steps / plan.total_steps
+    try:
+        optimizer = optimization.build_optimizer(model, args.optimizer, args.learning_rate, args.weight_decay,
+                                                 device_type=run.device.type)
+        return optimizer, optimization.linear_warmup_decay(optimizer, plan.total_steps, warmup)
+    except ValueError as err:
+        fail(f"the optimizer refused its settings: {err}")
 
 
 def save_checkpoint(run, plan, model, optimizer, scheduler, scaler, sampler, progress):
@@ -577,7 +549,7 @@ def run_evaluation(run, plan, model, eval_sets, progress, epoch):
     if run.is_main:
         by_name = {p.name: p for p in plan.problems}
         scores, overall = evaluation.evaluate(model, eval_sets, plan.problems, run.args.eval_batch_size, run.device,
-                                              run.autocast_dtype, plan.pad_to, plan.row_of)
+                                              run.autocast_dtype, plan.pad_to, plan.row_of, run.args.vocab_file)
         score = evaluation.best_model_score(scores, overall, run.args.metric_for_best_model, by_name)
         is_best = score > progress.best_score
         append_jsonl(run.output_dir / EVAL_LOG, {"epoch": epoch, "global_step": progress.global_step,
@@ -601,8 +573,10 @@ def flush_log(run, plan, tally, stop, scheduler, progress, epoch, bar):
         dist.all_reduce(tally.sums)
     *sums, stop_votes = tally.sums.tolist()
     if not all(math.isfinite(s) for s in sums):
-        fail(f"the training loss became NaN or infinite at or before step {progress.global_step}; the last good "
-             f"checkpoint is {run.checkpoint_path}. Lower --learning_rate or try --precision fp32")
+        kept = (f"the last good checkpoint, {run.checkpoint_path}, is kept" if run.checkpoint_path.is_file()
+                else "no checkpoint had been written yet")
+        fail(f"the training loss became NaN or infinite at or before step {progress.global_step}; {kept}. Start "
+             "afresh (--overwrite_output_dir) with a lower --learning_rate, or try --precision fp32")
     lr = scheduler.get_last_lr()[0]
     losses = {name: sums[h] / run.world_size / tally.steps[h] for h, name in enumerate(plan.names) if tally.steps[h]}
     if run.is_main:
@@ -611,7 +585,12 @@ def flush_log(run, plan, tally, stop, scheduler, progress, epoch, bar):
                 append_jsonl(run.output_dir / TRAIN_LOG, {"global_step": progress.global_step, "epoch": epoch,
                                                           "task": name, "loss": losses[name],
                                                           "steps": tally.steps[h], "lr": lr})
-        bar.set_postfix_str(" ".join(f"{name} {loss:.3f}" for name, loss in losses.items()) + f" lr {lr:.2e}")
+        summary = " ".join(f"{name} {loss:.3f}" for name, loss in losses.items()) + f" lr {lr:.2e}"
+        if bar.disable:  # stderr is a file or a pipe: a plain line per flush, not a bar redrawn with carriage returns
+            print(f"{time.strftime(CLOCK_FORMAT)} epoch {epoch + 1}/{plan.num_epochs} step {progress.global_step}/"
+                  f"{plan.total_steps}: {summary}", file=sys.stderr, flush=True)
+        else:
+            bar.set_postfix_str(summary)
         run.reporter.train(progress.global_step, losses, lr)
     tally.sums.zero_()
     tally.steps[:] = [0] * len(tally.steps)
@@ -622,17 +601,21 @@ def main(args, method):
     # ---------------------------------------------------------------- every input checked before anything is written
     run = start_processes(args, method)
     plan = check_inputs(run)
+    resuming = resume.check(run, plan)
     train_sets, eval_sets = load_data(run, plan)
     model, fresh = load_model(run, plan)
-    resume_state = read_resume_state(run, plan)
-
-    # ---------------------------------------------------------------- output directory, model on the device
-    prepare_output_dir(run, plan, resuming=resume_state is not None)
-    if args.init_checkpoint:
-        logger.info(f"loaded {args.init_checkpoint}; {len(fresh)} task parameter tensor(s) start fresh")
-    else:
-        logger.warning("no --init_checkpoint: the encoder starts from random weights")
+    resume_state = resume.read_state(run) if resuming else None
     model.to(run.device)
+    if args.do_train:  # torch checks the optimizer's and the schedule's arguments too: before any file is touched
+        optimizer, scheduler = build_optimization(run, plan, model)
+
+    # ---------------------------------------------------------------- output directory
+    prepare_output_dir(run, plan, resuming)
+    # A resumed run's weights all come from its checkpoint (resume.restore, below): nothing starts fresh.
+    if resume_state is None and args.init_checkpoint:
+        logger.info(f"loaded {args.init_checkpoint}; {len(fresh)} task parameter tensor(s) start fresh")
+    elif resume_state is None:
+        logger.warning("no --init_checkpoint: the encoder starts from random weights")
     if not args.do_train:
         logger.info(f"{plan.resolved['model_trained']}: evaluating {args.init_checkpoint or 'the untrained model'} "
                     f"on the dev sets of {','.join(plan.names)} | {run.device.type} {run.precision}")
@@ -651,18 +634,14 @@ def main(args, method):
     net = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None,
                                   find_unused_parameters=True) if run.distributed else model  # other tasks' heads idle
 
-    # ---------------------------------------------------------------- optimizer, schedule, sampler, resume
-    optimizer = optimization.build_optimizer(model, args.optimizer, args.learning_rate, args.weight_decay,
-                                             device_type=run.device.type)
-    warmup = args.warmup_proportion if args.warmup_steps is None else args.warmup_steps / plan.total_steps
-    scheduler = optimization.linear_warmup_decay(optimizer, plan.total_steps, warmup)
+    # ---------------------------------------------------------------- scaler, sampler, resume
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
     sampler = TaskSampler([len(train_sets[group[0]]) for group in plan.groups], args.sample, plan.steps_per_epoch,
                           plan.num_epochs, args.seed, method.anneal_alpha)
     progress = Progress()
     torch.manual_seed(args.seed + run.rank)  # dropout differs between ranks, as between the examples of one batch
     if resume_state is not None:
-        restore(run, resume_state, model, optimizer, scheduler, scaler, sampler, progress)
+        resume.restore(run, resume_state, model, optimizer, scheduler, scaler, sampler, progress)
     checkpoint = lambda: save_checkpoint(run, plan, model, optimizer, scheduler, scaler, sampler, progress)  # noqa: E731
     if run.is_main:
         run.reporter = reporting.open_reporter(args.report_to, run.output_dir / REPORT_DIR,
@@ -693,7 +672,7 @@ def main(args, method):
                 run.reporter.epoch(progress.global_step, sampler.alpha(epoch),
                                    {name: count / epoch_steps for name, count in counts.items()})
             with tqdm(total=epoch_steps, initial=first_step, desc=f"epoch {epoch + 1}/{plan.num_epochs}",
-                      disable=not run.is_main) as bar:
+                      disable=None if run.is_main else True) as bar:  # None: off when stderr is no terminal
                 for i in range(first_step, epoch_steps):
                     group = schedule[i]  # one task row; its problems' heads
                     heads = list(plan.groups[group])

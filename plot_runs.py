@@ -30,6 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import check_output_file, exit_on_interrupt, fail
+
 LM_METRIC = "perplexity"  # a masked LM's (problem_types.MASK_LM_METRICS, PRETRAIN_METRICS)
 # File names as run_files.py names them (not imported: it imports torch, which reading logs does not need).
 TRAIN_LOG, EVAL_LOG = "train_log.jsonl", "eval_results.jsonl"
@@ -49,11 +51,7 @@ DISPLAY_NAMES = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "sts": "STS-B", "
 MAX_COLUMNS = 6  # panels per figure row; a section with more wraps onto the next row
 PANEL_INCHES = (3.4, 2.6)  # width, height of one panel
 DPI = 110
-
-
-def fail(message):
-    """Stop with a one-line error, as the training scripts do (multitask.fail, not imported: it brings torch)."""
-    raise SystemExit(f"error: {message}")
+DEFAULT_FIGURE_SUFFIX = ".png"  # what matplotlib writes for a file name without a suffix, made explicit
 
 
 def note(message):
@@ -202,13 +200,35 @@ def smoothed(values, weight=LOSS_SMOOTHING):
     return out
 
 
-def plot(runs, output):
-    """Draw the figure (module docstring) to `output`."""
+def load_matplotlib():
+    """matplotlib, drawing to files only; a one-line error without it."""
     try:
         import matplotlib
     except ImportError:
         fail("the figure needs matplotlib: pip install matplotlib (--table works without it)")
     matplotlib.use("Agg")  # files only, no display
+    return matplotlib
+
+
+def figure_path(output):
+    """--output as the file that will be written: a name without a suffix gets .png (as matplotlib would write it);
+    a suffix matplotlib has no writer for is an error naming those it has. Checked before any log is read."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    path = Path(output)
+    if path.is_dir():
+        fail(f"--output {output} is a folder; expected a file name such as {path / 'runs.png'}")
+    if not path.suffix:
+        path = path.with_name(path.name + DEFAULT_FIGURE_SUFFIX)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        fail(f"--output {output}: matplotlib writes no {path.suffix} files; give one of the suffixes "
+             f"{', '.join('.' + name for name in sorted(formats))}")
+    check_output_file(path, "--output")
+    return path
+
+
+def plot(runs, output):
+    """Draw the figure (module docstring) to `output` (figure_path's)."""
     import matplotlib.pyplot as plt
 
     problems = list(dict.fromkeys(p for run in runs for p in [*run.losses, *(run.evals[0]["scores"] if run.evals
@@ -291,16 +311,20 @@ def main(argv=None):
     names = args.names.split(",") if args.names else [Path(d).resolve().name for d in args.run_dirs]
     if len(names) != len(args.run_dirs):
         fail(f"--names gives {len(names)} name(s) for {len(args.run_dirs)} RUN_DIR(s)")
+    if args.output:
+        load_matplotlib()
+        output = figure_path(args.output)
     runs = [load_run(d, name) for d, name in zip(args.run_dirs, names)]
     for run, run_dir in zip(runs, args.run_dirs):
         if not run.evals:
             note(f"{Path(run_dir) / EVAL_LOG}: no evaluation yet, so no dev points for {run.name}")
     if args.output:
-        plot(runs, args.output)
-        print(f"wrote {args.output}", file=sys.stderr)
+        plot(runs, output)
+        print(f"wrote {output}", file=sys.stderr)
     if args.table:
         print(results_table(runs, args.run_dirs))
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_interrupt():
+        main()

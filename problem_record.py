@@ -5,10 +5,12 @@
 through JSON (`to_record`, `problem_from_record`), so a run's config.json carries the user's problems and the run
 directory predicts on its own.
 """
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 import problem_types
+from modeling_seq2seq import DecoderSettings
 from modalities import ImageInput, VectorInput
 from problem_types import DEFAULT_LABEL_SEPARATOR
 
@@ -17,6 +19,7 @@ from problem_types import DEFAULT_LABEL_SEPARATOR
 SCORE_RULES = ("mean", "first")
 # What one input of a problem is (Problem.inputs): a text, a pair of texts, or a list of words.
 TEXT_INPUT, PAIR_INPUT, WORDS_INPUT = "text", "pair", "words"
+SPELLED_INPUT = "spelled"  # one word, given as written and spelled out into one token per character (cmudict.py)
 
 
 def _texts(columns):
@@ -102,6 +105,15 @@ class PkuDocumentsSplit:
 
 
 @dataclass(frozen=True)
+class CmudictSplit:
+    """The CMU Pronouncing Dictionary (cmudict.py): the train, dev or test words of cmudict.dict, split by word."""
+    format: ClassVar[str] = "cmudict"
+    inputs: ClassVar[str] = SPELLED_INPUT
+    file: str
+    part: str  # "train", "dev" or "test"
+
+
+@dataclass(frozen=True)
 class IdxSplit:
     """Images and their class numbers in two idx files (MNIST's format; Fashion-MNIST's files), read by
     fashion_mnist.py. `file` holds the images, `labels_file` (in the same folder) the labels."""
@@ -113,7 +125,7 @@ class IdxSplit:
 
 
 SPLIT_FORMATS = {fmt.format: fmt for fmt in (SplitFormat, TsvSplit, JsonlSplit, ConllSplit, PkuSplit, TextSplit,
-                                             PkuDocumentsSplit, IdxSplit)}
+                                             PkuDocumentsSplit, CmudictSplit, IdxSplit)}
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,7 @@ class Problem:
     score_rule: str = "first"  # one of SCORE_RULES
     loss_weight: float = 1.0  # this problem's loss is multiplied by it in every step that trains it
     inputs_of: str | None = None  # mask_lm: the problem whose inputs (texts or words, unlabelled) it reads
+    decoder: DecoderSettings | None = None  # seq2seq types: the decoder and its generation
     image: ImageInput | None = None  # its examples' images: size, patches, channels (None: no image)
     vectors: VectorInput | None = None  # its examples' feature vectors: width, most per example (None: none)
 
@@ -150,8 +163,9 @@ class Problem:
         if self.score_rule not in SCORE_RULES:
             raise ValueError(f"problem {self.name}: score_rule {self.score_rule!r} is not one of {SCORE_RULES}")
         if isinstance(self.loss_weight, bool) or not isinstance(self.loss_weight, (int, float)) or \
-                not self.loss_weight > 0:
-            raise ValueError(f"problem {self.name}: loss_weight must be a positive number, got {self.loss_weight!r}")
+                not 0 < self.loss_weight < math.inf:
+            raise ValueError(f"problem {self.name}: loss_weight must be a positive number (finite), got "
+                             f"{self.loss_weight!r}")
 
     @property
     def num_labels(self):
@@ -163,7 +177,7 @@ class Problem:
         """What one input is: TEXT_INPUT, PAIR_INPUT or WORDS_INPUT (every split of a problem reads the same; a
         tagging problem's jsonl sentences are lists of words)."""
         form = next(iter(self.splits.values())).inputs
-        return WORDS_INPUT if problem_types.of(self).reads == "tokens" else form
+        return WORDS_INPUT if problem_types.of(self).word_inputs else form
 
     @property
     def dev_splits(self):
@@ -212,7 +226,7 @@ class Problem:
                 value = list(value)
             elif item.name == "metrics":
                 value = {split: list(names) for split, names in value.items()}
-            elif item.name in INPUT_FIELDS and value is not None:
+            elif (item.name == "decoder" or item.name in INPUT_FIELDS) and value is not None:
                 value = asdict(value)
             record[item.name] = value
         return record
@@ -239,7 +253,8 @@ def problem_from_record(record):
             for name, kind in INPUT_FIELDS.items()}
         return Problem(**{**record, "splits": splits, **inputs,
                           "labels": None if record["labels"] is None else tuple(record["labels"]),
-                          "metrics": {split: tuple(names) for split, names in record["metrics"].items()}})
+                          "metrics": {split: tuple(names) for split, names in record["metrics"].items()},
+                          "decoder": None if record.get("decoder") is None else DecoderSettings(**record["decoder"])})
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"not a problem record ({type(error).__name__}: {error}); expected Problem.to_record()'s "
                          "dict") from None

@@ -1,12 +1,14 @@
 """The registry of problem types: everything that depends on a problem's type, in one object per type.
 
     type        head (reads)            labels in Features                 prediction             file
-    cls         PooledHead (pooled)     labels int64 [N] class index       argmax (N,)            .tsv
-    regression  PooledHead (pooled)     labels float32 [N] label / scale   logits[:, 0] (N,)      .tsv
-    multi_cls   PooledHead (pooled)     labels float32 [N, L] multi-hot    sigmoid > 0.5 (N, L)   .tsv
+    cls         PooledHead (pooled)     labels int64 [N] class index       argmax (S,)            .tsv
+    regression  PooledHead (pooled)     labels float32 [N] label / scale   logits[:, 0] (S,)      .tsv
+    multi_cls   PooledHead (pooled)     labels float32 [N, L] multi-hot    sigmoid > 0.5 (S, L)   .tsv
     seq_tag     TokenHead (tokens)      token_labels int64 [total tokens]  argmax per token       .conll
     mask_lm     MaskedLMHead (masked)   masked afresh every step           sums over masked       none
     pretrain    PreTrainingHead         NSP labels int64 [N]; masked too   sums over masked       none
+    seq2seq_*   Seq2SeqHead (tokens)    labels int64 [N, T]: start, target generation (greedy,  .tsv
+                                        tokens, end, IGNORE_INDEX after    beam search)
 
 A type object says what its head reads and builds it, its loss and how the loss is normalised (per example, or over
 the step's labelled tokens), how its labels are parsed, checked, encoded and batched, how predictions are made from
@@ -14,8 +16,13 @@ the model's outputs on a split (given the pass over the split, so that a type ma
 metrics and score, its prediction file, and which problems-file keys and formats it takes. Code elsewhere asks a
 problem's type object (`of(problem)`) and never compares a type with a name.
 
+The three types on the pooled output label an example: one row of their features per example for text inputs;
+for word inputs (a sentence cut into rows for the tagging problems it shares them with) each sentence's first row,
+its labels those of the whole sentence (features.example_rows): trained, scored and written once per example (S).
+
 A new type is a subclass of `ProblemType` (a head class in heads.py when none of the existing ones reads the encoder
-its way) and a line in `TYPES`.
+its way) and a line in `TYPES`; a larger one may live in a module of its own that calls `register`, as the seq2seq
+types do (seq2seq_types.py, imported at the end of this module).
 """
 import math
 import re
@@ -95,6 +102,7 @@ class ProblemType:
     reads = "pooled"  # what the head reads: "pooled" (B, H), "tokens" (N, H) or "masked" (M, H)
     has_label_list = True  # the problem lists its labels (the head's output order)
     per_token = False  # loss and labels per token: the loss is normalised over the step's labelled tokens
+    word_inputs = False  # an input is a list of words, one label each (a jsonl sentence; CoNLL)
     masks_inputs = False  # masked afresh every step: a group of its own, dev masked once, out of the mean score
     next_sentence = False  # also predicts next sentences (BERT's seq_relationship head)
     file_suffix = ".tsv"  # of its prediction file; None: it writes none
@@ -103,26 +111,38 @@ class ProblemType:
     min_labels = 1  # fewest labels found in a training file
     scaled = False  # takes label_scale (targets are label / label_scale)
     takes_inputs_of = False  # may read another problem's inputs (X_mlm, "inputs_of")
+    generates = False  # a decoder generates its output sequence (Problem.decoder holds its settings)
     not_exported = None  # why export_onnx.py leaves the type's problems out of the graphs (None: it exports them)
 
     # ---------------------------------------------------------------- the record
 
     def check_record(self, problem):
         """One-line ValueError for a record the type cannot have."""
+        if (problem.decoder is not None) != self.generates:
+            raise ValueError(f"problem {problem.name}: a {self.name} problem "
+                             f"{'needs decoder settings' if self.generates else 'has no decoder'}")
         if (problem.labels is None) == self.has_label_list:
             raise ValueError(f"problem {problem.name}: a {self.name} problem "
                              f"{'needs its list of labels' if self.has_label_list else 'has no labels'}")
         if problem.inputs_of is not None and not self.takes_inputs_of:
             raise ValueError(f"problem {problem.name}: inputs_of is for mask_lm problems, not {self.name}")
-        if problem.label_scale is not None and not (self.scaled and problem.label_scale > 0):
+        if problem.label_scale is not None and not (self.scaled and 0 < problem.label_scale < math.inf):
             raise ValueError(f"problem {problem.name}: label_scale must be a positive number, and only for regression")
 
     def num_outputs(self, problem):
         """Outputs of the problem's own head (its classifier.N)."""
         return len(problem.labels)
 
-    def build_head(self, config, num_outputs):
+    def build_head(self, config, num_outputs, problem=None):
         return self.head(config, num_outputs)
+
+    def initialize_head(self, problem, model, head):
+        """Initialise head `head` of `model` once the checkpoint is loaded, when none of its parameters came from it
+        (checkpoints.build_model); by default its fresh N(0, initializer_range) weights stay."""
+
+    def settings_from_spec(self, spec):
+        """Problem fields of the type's own problems-file keys (ValueError naming a bad key)."""
+        return {}
 
     def default_metrics(self, labels):
         """Metric names of a user problem's dev split."""
@@ -157,6 +177,11 @@ class ProblemType:
                     raise ValueError(f"{path} line {number}: label {value!r} is not one of {problem.name}'s labels "
                                      f"({_shown(problem.labels)})")
 
+    def label_encoder(self, tokenizer, split):
+        """What features.convert_examples calls to encode a split's labels (encode_labels); a type whose labels are
+        text tokenizes them."""
+        return self.encode_labels
+
     def encode_labels(self, problem, examples, features):
         """(Features.labels, Features.token_labels) of a split's examples; (None, None) when it has no labels."""
         if not _labelled(problem, examples):
@@ -165,18 +190,23 @@ class ProblemType:
         return torch.tensor([label_ids[example.label] for example in examples], dtype=torch.int64), None
 
     def example_labels(self, features, indices):
-        """The labels of the examples at `indices` as the loss reads them: per example, (B,) or (B, L)."""
-        return features.labels[indices]
+        """The labels of the rows at `indices` as the loss reads them: per example, (E,) or (E, L), for the rows
+        that stand for examples (all of them for text inputs; features.example_indices)."""
+        return features.labels[feats.example_indices(features, indices)]
 
     def labelled_tokens(self, features, indices):
-        """How many labelled tokens the examples at `indices` hold (a per-token loss's share), None per example."""
-        return None
+        """What the loss of the rows at `indices` averages over when micro-batches may hold different amounts of it:
+        a per-token type's labelled tokens; here, on word inputs, the examples among the rows (a cut sentence's later
+        rows are none); None (a plain mean over the micro-batch's examples) for text inputs."""
+        return None if features.first_word is None else len(feats.example_indices(features, indices))
 
     # ---------------------------------------------------------------- the model
 
     def loss(self, logits, labels, denominator=None):
-        """logits (B, L), labels (B,) class index."""
-        return F.cross_entropy(logits.float(), labels)
+        """logits (E, L), labels (E,) class index; the sum divided by `denominator` when given, else the mean."""
+        if denominator is None:
+            return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(logits.float(), labels, reduction="sum") / denominator
 
     def decide(self, logits):
         """A split's logits (on the CPU, float32) -> its predictions."""
@@ -184,20 +214,29 @@ class ProblemType:
 
     def predict(self, problem, split_pass):
         """The predictions on one split: `split_pass` runs the model over it (evaluation.SplitPass). A head on the
-        pooled output gives (N, num_labels) logits in the features' order, a head on the tokens (total tokens,
-        num_labels) in input_ids order."""
+        pooled output gives (S, num_labels) logits, one per example in file order (features.example_rows), a head on
+        the tokens (total tokens, num_labels) in input_ids order."""
         features = split_pass.features
         rows = int(features.offsets[-1]) if self.reads == "tokens" else len(features)
         logits_out = torch.empty(rows, self.num_outputs(problem), device=split_pass.device)
         for indices, batch, logits in split_pass.batches():
-            where = feats.packed_positions(features, indices) if self.reads == "tokens" else indices
+            if self.reads == "tokens":
+                where = feats.packed_positions(features, indices)
+            else:  # the logits of the rows that stand for examples, in the order of `indices`
+                where = feats.example_indices(features, indices)
             logits_out[where.to(split_pass.device)] = logits.float()
+        if self.reads != "tokens":
+            logits_out = logits_out[feats.example_rows(features).to(split_pass.device)]
         return self.decide(logits_out.cpu())
 
     # ---------------------------------------------------------------- metrics, score, prediction file
 
+    def gold(self, features):
+        """The labels of a split's S examples, as `predict` orders them."""
+        return features.labels[feats.example_rows(features)]
+
     def metrics(self, problem, split, predictions, features):
-        return metrics.compute_metrics(problem, split, predictions, features.labels)
+        return metrics.compute_metrics(problem, split, predictions, self.gold(features))
 
     def score(self, problem, values):
         """One problem's score for the best-model choice (higher is better): GLUE rows the mean of their metrics,
@@ -227,7 +266,7 @@ class ProblemType:
         """`index<TAB>prediction` per example: the file's index on test (GLUE's, or the row number), else the row.
         `read_examples()` gives the split's examples (a type that writes them back reads them)."""
         values = self.prediction_strings(problem, predictions)
-        indices = features.index if features.index is not None else range(len(features))
+        indices = features.index if features.index is not None else range(len(values))
         lines = [PREDICTION_HEADER, *(f"{index}\t{value}" for index, value in zip(indices, values, strict=True))]
         write_text(path, "\n".join(lines) + "\n")
 
@@ -276,8 +315,10 @@ class RegressionType(ProblemType):
                             dtype=torch.float32), None
 
     def loss(self, logits, labels, denominator=None):
-        """logits (B, 1), labels (B,) the target."""
-        return F.mse_loss(logits.float().squeeze(-1), labels.float())
+        """logits (E, 1), labels (E,) the target; the summed squares divided by `denominator` when given."""
+        if denominator is None:
+            return F.mse_loss(logits.float().squeeze(-1), labels.float())
+        return F.mse_loss(logits.float().squeeze(-1), labels.float(), reduction="sum") / denominator
 
     def decide(self, logits):
         return logits[:, 0]  # in label / label_scale units
@@ -311,12 +352,15 @@ class MultiLabelType(ProblemType):
         if isinstance(value, list):
             items = value
         elif isinstance(value, str):
-            items = value.split(separator) if value else []
+            items = value.split(separator) if value.strip() else []
         else:
             raise ValueError(f"{where}: labels {value!r} are neither a JSON list nor a {separator!r}-joined string")
-        if any(not isinstance(item, (str, int)) or isinstance(item, bool) or item == "" for item in items):
+        if any(not isinstance(item, (str, int)) or isinstance(item, bool) for item in items):
             raise ValueError(f"{where}: labels {value!r} must be non-empty strings")
-        return tuple(dict.fromkeys(str(item) for item in items))
+        items = [str(item).strip() for item in items]  # "joy, positive": the space is no part of a label
+        if "" in items:
+            raise ValueError(f"{where}: labels {value!r} must be non-empty strings")
+        return tuple(dict.fromkeys(items))
 
     def label_values(self, example):
         if isinstance(example, feats.TaggedSentence):
@@ -324,38 +368,42 @@ class MultiLabelType(ProblemType):
         return example.label or ()
 
     def encode_labels(self, problem, examples, features):
-        """float32 [N, L]: 1 where row i has label j. Word rows have the labels (other than O) of the words they
-        hold."""
+        """float32 [N, L]: 1 where row i has label j. Word inputs: every row of a sentence has the sentence's labels,
+        those (other than O) of all its words, the first row's being the example's (features.example_rows)."""
         if not _labelled(problem, examples):
             return None, None
         label_ids = {label: j for j, label in enumerate(problem.labels)}
         if isinstance(examples[0], feats.TaggedSentence):
-            words = [(row, tag) for row, tag in zip(feats.row_of_word(features).tolist(),
-                                                     (tag for example in examples for tag in example.tags))
+            pairs = [(number, tag) for number, example in enumerate(examples) for tag in example.tags
                      if tag != OUTSIDE_TAG]
         else:
-            words = [(row, label) for row, example in enumerate(examples) for label in example.label]
-        rows = torch.tensor([row for row, _ in words], dtype=torch.int64)
-        columns = torch.tensor([label_ids[label] for _, label in words], dtype=torch.int64)
-        multi_hot = torch.zeros(len(features), len(problem.labels), dtype=torch.float32)
+            pairs = [(number, label) for number, example in enumerate(examples) for label in example.label]
+        rows = torch.tensor([number for number, _ in pairs], dtype=torch.int64)
+        columns = torch.tensor([label_ids[label] for _, label in pairs], dtype=torch.int64)
+        multi_hot = torch.zeros(len(examples), len(problem.labels), dtype=torch.float32)  # (S, L)
         multi_hot[rows, columns] = 1.0
-        return multi_hot, None
+        return (multi_hot if features.sentence is None else multi_hot[features.sentence]), None
 
     def loss(self, logits, labels, denominator=None):
-        """logits (B, L), labels (B, L) multi-hot."""
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        """logits (E, L), labels (E, L) multi-hot: the mean over labels of the mean over examples, or of the sum
+        divided by `denominator` when given."""
+        if denominator is None:
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        summed = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum")
+        return summed / (denominator * logits.shape[-1])
 
     def decide(self, logits):
         return torch.sigmoid(logits.float()) > MULTI_LABEL_THRESHOLD
 
     def metrics(self, problem, split, predictions, features):
         try:
-            return metrics.multi_label_metrics(problem.metrics[split], predictions, features.labels)
+            return metrics.multi_label_metrics(problem.metrics[split], predictions, self.gold(features))
         except ValueError as error:
             raise ValueError(f"{problem.name} {split}: {error}") from None
 
     def prediction_values(self, problem, predictions):
-        """The labels predicted for each row, in the problem's label order."""
+        """The labels predicted for each example (a sentence of words: from its first row), in the problem's label
+        order."""
         return [[label for label, on in zip(problem.labels, row) if on]
                 for row in torch.as_tensor(predictions).bool().tolist()]
 
@@ -363,22 +411,13 @@ class MultiLabelType(ProblemType):
         """The labels predicted, joined by ","."""
         return [DEFAULT_LABEL_SEPARATOR.join(labels) for labels in self.prediction_values(problem, predictions)]
 
-    def input_values(self, problem, predictions, features):
-        """Labels per input; a sentence of words cut into several rows has the labels of any of its rows."""
-        rows = self.prediction_values(problem, predictions)
-        if features.sentence is None:
-            return rows
-        found = [set() for _ in range(int(features.sentence.max()) + 1)]
-        for sentence, labels in zip(features.sentence.tolist(), rows):
-            found[sentence].update(labels)
-        return [[label for label in problem.labels if label in labels] for labels in found]
-
 
 class SequenceTaggingType(ProblemType):
     name = "seq_tag"
     head = heads.TokenHead
     reads = "tokens"
     per_token = True
+    word_inputs = True
     file_suffix = ".conll"
     formats = ("conll", "jsonl")  # jsonl: a list of words and a list of tags per line (an image, vectors beside)
 
@@ -400,6 +439,7 @@ class SequenceTaggingType(ProblemType):
         return features.token_labels[feats.packed_positions(features, indices)]
 
     def labelled_tokens(self, features, indices):
+        """The labelled tokens of the rows at `indices`: a per-token loss's share."""
         return int((self.example_labels(features, indices) != IGNORE_INDEX).sum())
 
     def loss(self, logits, labels, denominator=None):
@@ -460,7 +500,7 @@ class MaskedLMType(ProblemType):
     def num_outputs(self, problem):
         return 0  # no classifier of its own: BERT's pre-training heads, `cls`, shared
 
-    def build_head(self, config, num_outputs):
+    def build_head(self, config, num_outputs, problem=None):
         return self.head()
 
     def default_metrics(self, labels):
@@ -552,6 +592,13 @@ TYPES = {t.name: t for t in (ClassificationType(), RegressionType(), MultiLabelT
 NAMES = tuple(TYPES)
 
 
+def register(*types):
+    """Add problem types to the registry (seq2seq_types.py adds seq2seq_text and seq2seq_tag when it is imported)."""
+    global NAMES
+    TYPES.update({t.name: t for t in types})
+    NAMES = tuple(TYPES)
+
+
 def get(name):
     """The type object of a type name; ValueError listing the names otherwise."""
     if name not in TYPES:
@@ -567,3 +614,8 @@ def of(problem):
 def glue_types(num_labels_per_task):
     """GLUE's heads by their width, as the original code chose its loss: 1 output is regression (STS-B)."""
     return [RegressionType.name if n == 1 else ClassificationType.name for n in num_labels_per_task]
+
+
+# The seq2seq types build on ProblemType in a module of their own, which registers them: imported last, so that it
+# finds this module complete (and registers them the same when it is imported first).
+import seq2seq_types  # noqa: E402,F401

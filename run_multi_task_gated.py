@@ -10,10 +10,14 @@ Several GPUs (--train_batch_size stays the global batch):
     torchrun --nproc_per_node=8 run_multi_task_gated.py <same flags>
 CPU smoke run: add --no_cuda --tasks cola,mrpc,rte,sts,sst --num_train_epochs 2 --steps_per_epoch 20
 """
-from methods import METHODS
-from multitask import main, parse_args
+from cli import RESUME_HINT, exit_on_interrupt
+
+with exit_on_interrupt(RESUME_HINT):  # a Ctrl-C while torch loads: one line, no traceback
+    from methods import METHODS
+    from multitask import main, parse_args
 
 METHOD = METHODS["gated"]
 
 if __name__ == "__main__":
-    main(parse_args(__doc__), METHOD)
+    with exit_on_interrupt(RESUME_HINT):
+        main(parse_args(__doc__), METHOD)

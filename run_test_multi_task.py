@@ -19,6 +19,7 @@ is missing is reported by name and skipped; the others are still written. With -
 the dev-set predictions (index = row number), and dev_results.json the metrics.
 """
 import argparse
+import dataclasses
 import json
 import re
 import zipfile
@@ -33,14 +34,17 @@ import masking
 import modeling_pals
 import problem_types
 import problems
+import problems_file
 import readers
 import tokenization
 from checkpoints import build_model, check_model_inputs, configure_model, read_checkpoint
+from cli import check_output_dir, exit_on_interrupt, fail
+from features import example_rows
 from glue_processors import ALL_TASKS, TASKS
 from hardware import AUTOCAST_DTYPES, batch_padding, resolve_precision, select_device
 from methods import METHODS, Method
 from problem_record import problem_from_record
-from run_files import ARGS_FILE, BEST_MODEL, CONFIG_FILE, VOCAB_FILE, fail, save_json, write_atomic
+from run_files import ARGS_FILE, BEST_MODEL, CONFIG_FILE, VOCAB_FILE, save_json, write_atomic
 
 SUBMISSION_ZIP, DEV_RESULTS = "submission.zip", "dev_results.json"
 # Defaults for a bare checkpoint file, which has no args.json: the paper's (and the training scripts') sequence
@@ -78,6 +82,10 @@ def parse_args(argv=None):
     # Data.
     parser.add_argument("--data_dir", default=None,
                         help="GLUE data directory (glue_data layout); default: the training run's --data_dir")
+    parser.add_argument("--problems", default=None,
+                        help="a problems file (as run_multi_task.py's): for a run directory, its records replace the "
+                             "run's own for the problems it names (their files moved, say; type, labels and "
+                             "label_scale must stay); for a checkpoint file, the problems --tasks may name")
     parser.add_argument("--split", choices=("test", "dev"), default="test",
                         help="test: the leaderboard submission; dev: the same files for the dev sets, and metrics")
     parser.add_argument("--max_seq_length", type=int, default=None,
@@ -93,8 +101,11 @@ def parse_args(argv=None):
     parser.add_argument("--eval_batch_size", type=int, default=None,
                         help=f"examples per batch (default: the run's, else {DEFAULT_EVAL_BATCH_SIZE})")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    parser.add_argument("--num_beams", type=int, default=None,
+                        help="beam search width of the seq2seq problems' generation (default: each problem's "
+                             "num_beams; 1 is greedy)")
     args = parser.parse_args(argv)
-    for flag in ("max_seq_length", "eval_batch_size"):
+    for flag in ("max_seq_length", "eval_batch_size", "num_beams"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     return args
@@ -192,6 +203,31 @@ def load_model(method, config, heads, state, path, user_problems=None, num_group
     return model.eval()
 
 
+def read_user_problems(path):
+    try:
+        return problems_file.read_problems_file(path)
+    except (OSError, ValueError) as err:
+        fail(f"--problems: {err}")
+
+
+def replace_problems(run_problems, path, config_path):
+    """The run's own problems (config.json's records), those named in the problems file at `path` replaced by its
+    records: the same problem, its files elsewhere. What the heads were trained on must not change."""
+    given = read_user_problems(path)
+    others = [name for name in given if name not in run_problems]
+    if others:
+        print(f"--problems {path}: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not among the run's own "
+              f"problems ({', '.join(run_problems) or 'none'}); ignored")
+    replaced = {name: problem for name, problem in given.items() if name in run_problems}
+    for name, problem in replaced.items():
+        old = run_problems[name]
+        for key in ("type", "labels", "label_scale", "inputs_of"):
+            if getattr(problem, key) != getattr(old, key):
+                fail(f"--problems {path}: {name}'s {key} is {getattr(problem, key)!r}, but the run trained it with "
+                     f"{getattr(old, key)!r} ({config_path}); only its files may change")
+    return {**run_problems, **replaced}
+
+
 def load_run_directory(args, model_file=BEST_MODEL):
     """A training run's output directory: the model (`model_file`: its best model, or LAST_CHECKPOINT's), tokenizer
     settings and defaults all come from its files."""
@@ -220,6 +256,11 @@ def load_run_directory(args, model_file=BEST_MODEL):
     method, heads = METHODS[name], record["task_names"]
     try:
         user_problems = {n: problem_from_record(r) for n, r in record.get("problems", {}).items()}
+    except (KeyError, TypeError, ValueError) as err:
+        fail(f"{config_path}: its problems cannot be rebuilt ({err})")
+    if args.problems is not None:
+        user_problems = replace_problems(user_problems, args.problems, config_path)
+    try:
         table = {task: problems.get_problem(task, user_problems) for task in heads}
     except (KeyError, TypeError, ValueError) as err:
         fail(f"{config_path}: its problems cannot be rebuilt ({err})")
@@ -258,16 +299,17 @@ def load_checkpoint_file(args):
     name = args.model or ("gated" if any(GATE_KEY.search(key) for key in state)
                           else "pals" if pals_width is not None else "embert")
     method = METHODS[name]
+    user_problems = read_user_problems(args.problems) if args.problems is not None else {}
     if original:
         heads, source = list(ALL_TASKS), "the original code's --tasks all order"
         tasks = tasks_to_predict(args.tasks, heads)
     else:  # --tasks describes the heads, as in the training run; all of them are predicted
         try:
-            heads = problems.resolve_problems(args.tasks or "all")
+            heads = problems.resolve_problems(args.tasks or "all", user_problems=user_problems)
         except ValueError as err:
             fail(f"--tasks: {err}")
-        source, tasks = f"--tasks {args.tasks or 'all'}", tasks_to_predict(None, heads)
-    check_heads(state, heads, path, source)
+        source, tasks = f"--tasks {args.tasks or 'all'}", tasks_to_predict(None, heads, user_problems)
+    check_heads(state, heads, path, source, user_problems)
     try:
         config = method.modeling.BertConfig.from_json_file(args.bert_config_file)
     except (OSError, ValueError) as err:
@@ -280,8 +322,8 @@ def load_checkpoint_file(args):
         config = configure_model(method, config, max_seq_length, rank)
     elif name == "pals":  # the PAL width is a shape only (the original's --h_aug): take the checkpoint's
         config = configure_model(method, config, max_seq_length, pals_width)
-    return LoadedModel(load_model(method, config, heads, state, path), method, heads, tasks, Path(args.vocab_file),
-                       bool(args.do_lower_case), max_seq_length, {}, {},
+    return LoadedModel(load_model(method, config, heads, state, path, user_problems), method, heads, tasks,
+                       Path(args.vocab_file), bool(args.do_lower_case), max_seq_length, {}, user_problems,
                        problems.group_rows([[name] for name in heads]))
 
 
@@ -338,7 +380,10 @@ def write_zip(path, files):
 def not_written(loaded, split, written, missing):
     """Each of the GLUE server's files, and each asked-for problem's file, that was not written, with the reason."""
     notes = []
-    for task, problem in TASKS.items():
+    # The GLUE server's files are listed for a model that has a GLUE head or was asked for a GLUE task; a model of
+    # other problems only is no GLUE submission, and its absent files are no news.
+    glue = any(name in TASKS for name in (*loaded.heads, *loaded.tasks))
+    for task, problem in (TASKS.items() if glue else ()):
         for test_split in problem.test_splits:
             name = problem.submission_file(test_split)
             if name in written:
@@ -365,10 +410,21 @@ def not_written(loaded, split, written, missing):
     return notes
 
 
+def record_source(loaded, problem, args):
+    """For a problem whose files are the paths of a user problem's record (not under --data_dir): where that record
+    comes from and how to point it elsewhere; None for the others."""
+    own = problem.inputs_of if problem.inputs_of in loaded.user_problems else problem.name
+    if own not in loaded.user_problems:
+        return None
+    source = f"--problems {args.problems}" if args.problems else f"the run's {CONFIG_FILE}"
+    return f"{own}'s paths are those of its record in {source}; --problems FILE gives them new ones"
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def main(args):
     # ---------------------------------------------------------------- set-up: model, data settings, device
+    check_output_dir(args.output_dir, "--output_dir")
     if not Path(args.model_dir).exists():
         fail(f"--model_dir {args.model_dir} does not exist")
     loaded = load_run_directory(args) if Path(args.model_dir).is_dir() else load_checkpoint_file(args)
@@ -405,7 +461,8 @@ def main(args):
         path = problems.problem_file(data_dir, job.problem, job.split)
         if not path.is_file():
             missing[job.file_name] = path
-            print(f"{job.file_name}: skipped, {path} not found")
+            source = record_source(loaded, job.problem, args)
+            print(f"{job.file_name}: skipped, {path} not found" + (f" ({source})" if source else ""))
             continue
         try:
             data = problems.load_problem_features(
@@ -416,7 +473,12 @@ def main(args):
         # A masked LM's dev set masked as the training run masked it, so it scores the same tokens.
         features[job.file_name] = evaluation.dev_set(job.problem, data, masking_spec)
     if not features:
-        fail(f"--data_dir {data_dir} has none of the {args.split} files of {','.join(loaded.tasks)}")
+        sources = sorted({source for job in jobs if (source := record_source(loaded, job.problem, args))})
+        if not sources:
+            fail(f"--data_dir {data_dir} has none of the {args.split} files of {','.join(loaded.tasks)}")
+        under = sorted({job.problem.name for job in jobs if record_source(loaded, job.problem, args) is None})
+        fail(f"none of the {args.split} files of {','.join(loaded.tasks)} was found: " +
+             "; ".join(([f"--data_dir {data_dir} holds none of {','.join(under)}'s"] if under else []) + sources))
 
     # ---------------------------------------------------------------- predict, write one file per split
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -433,9 +495,12 @@ def main(args):
         else:  # with the problem's own head, or the one its row names (AX: MNLI's)
             index = loaded.heads.index(head)
             predictor = loaded.problem(head)
+            if args.num_beams is not None and predictor.decoder is not None:  # a seq2seq problem's beam width
+                beams = dataclasses.replace(predictor.decoder, num_beams=args.num_beams)
+                predictor = dataclasses.replace(predictor, decoder=beams)
             predictions = evaluation.predict_split(model, predictor, data, loaded.row_of[index], index, batch_size,
                                                    device, AUTOCAST_DTYPES.get(precision), pad_to,
-                                                   desc=f"{problem.name} {job.split}")
+                                                   desc=f"{problem.name} {job.split}", vocab_file=loaded.vocab_file)
         if args.split == "dev":
             scores.setdefault(problem.name, {}).update(
                 evaluation.split_metrics(problem, job.split, predictions, data))
@@ -445,8 +510,11 @@ def main(args):
         problem_types.of(predictor).write(problem, job.split, predictions, data, output_dir / job.file_name,
                                           lambda: readers.read_examples(problem, job.split, data_dir))
         written.append(job)
-        unit = "sentence pieces" if problem_types.of(problem).per_token else "predictions"
-        print(f"{job.file_name}: {len(data)} {unit}")
+        examples = len(example_rows(data))  # a cut sentence is one example in several rows (pieces)
+        if problem_types.of(problem).per_token:
+            print(f"{job.file_name}: {examples} sentences in {len(data)} pieces")
+        else:
+            print(f"{job.file_name}: {examples} predictions")
 
     # ---------------------------------------------------------------- the zip or the dev metrics; what is missing
     submission = [output_dir / job.file_name for job in written if job.glue]
@@ -471,4 +539,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    with exit_on_interrupt():
+        main(parse_args())

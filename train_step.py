@@ -3,8 +3,10 @@ backward through one encoder pass for all of the group's heads, clipping and the
 the log reads.
 
 Per-example losses are means over a micro-batch's examples (every micro-batch has equally many). Per-token losses
-(tagging, masked LM) divide their sums by the whole step's labelled tokens per micro-batch and process
-(`token_denominators`), so N processes or K micro-batches train exactly as one batch.
+(tagging, masked LM), and per-example losses on word inputs (only a sentence's first row is an example, so
+micro-batches hold different numbers of them), divide their sums by the whole step's labelled units (tokens,
+examples) per micro-batch and process (`token_denominators`), so N processes or K micro-batches train exactly as
+one batch.
 """
 import contextlib
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ def training_step(net, model, batches, row, heads, optimizer, scheduler, scaler,
             output = net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], row,
                          batch["head_labels"], token_index=batch["token_index"], heads=heads,
                          masked_index=batch.get("masked_index"), denominators=denominators,
-                         inputs=batch.get("inputs"))
+                         example_index=batch.get("example_index"), inputs=batch.get("inputs"))
             tallied = torch.stack(output.losses) / len(batches)  # (k,)
             loss = (tallied * loss_weights).sum()  # a factor of 1.0 is exact
         scaler.scale(loss).backward()
@@ -70,8 +72,9 @@ def training_batch(plan, problems, train_sets, heads, indices, masking_seeds):
     masked-LM problem's drawn examples are masked together, by a generator seeded with `masking_seeds` (seed, step,
     micro-batch): the same masks with any number of processes, and again after --resume.
 
-    Also returns, per head, how many labelled tokens all processes' examples hold (None for a per-example head): what
-    token_denominators needs, known here on the host with no communication."""
+    Also returns, per head, how many labelled units all processes' rows hold (ProblemType.labelled_tokens: tokens,
+    or examples of word inputs; None for a plain mean): what token_denominators needs, known here on the host with
+    no communication."""
     data, ptype = train_sets[heads[0]], problem_types.of(problems[heads[0]])
     mine = slice(plan.rank * plan.micro_batch, (plan.rank + 1) * plan.micro_batch)
     if ptype.masks_inputs:  # a group of its own (problems.resolve_groups)
@@ -92,10 +95,10 @@ def training_batch(plan, problems, train_sets, heads, indices, masking_seeds):
 
 
 def token_denominators(counts, world_size):
-    """Per head, what each micro-batch's per-token loss divides its sum by: the step's labelled tokens (over every
+    """Per head, what each micro-batch's summed loss divides its sum by: the step's labelled units (over every
     micro-batch and process) per micro-batch and process, so that the gradient, averaged over micro-batches
-    (training_step) and processes (DistributedDataParallel), is that of the mean over all the step's tokens. None for
-    a per-example head (a plain mean). counts: per micro-batch, training_batch's per-head counts."""
+    (training_step) and processes (DistributedDataParallel), is that of the mean over all the step's tokens (or
+    examples). None for a plain mean per micro-batch. counts: per micro-batch, training_batch's per-head counts."""
     shares = len(counts) * world_size
     return [None if column[0] is None else max(sum(column), 1) / shares for column in zip(*counts)]
 

@@ -6,6 +6,8 @@ skips them.
 """
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,8 +90,34 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder no file can be created in, even by root: immutable (chattr +i) when running as root, whom permission
+    bits do not stop; mode 0o555 otherwise. Made writable again afterwards, so tmp_path can be removed."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        chattr = shutil.which("chattr")
+        require(chattr is not None and subprocess.run([chattr, "+i", folder], capture_output=True).returncode == 0,
+                "as root, a read-only folder needs chattr +i (e2fsprogs, and CAP_LINUX_IMMUTABLE)")
+        yield folder
+        subprocess.run([chattr, "-i", folder], check=True)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: end-to-end runs on real data and weights that take tens of seconds each; the README's "
                    "everyday test command leaves them out (-m 'not slow'), CI runs them too (-m slow)")
 
+
+@pytest.fixture(scope="session")
+def tiny_run_config(tmp_path_factory):
+    """A 2-layer EmBERT config over the real bert-base-uncased vocabulary, for end-to-end runs that take many steps."""
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    path.write_text(json.dumps({"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 37, "our_attn": True}))
+    return path

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import multitask
+import cli
 from conftest import require
 
 # ---------------------------------------------------------------------------------------------------- tiny models
@@ -163,7 +163,7 @@ def interrupt_at_step(process, log, global_step, timeout=120, signum=signal.SIGI
             break
         time.sleep(0.005)
     output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == multitask.SIGNAL_EXIT_BASE + signum, output
+    assert process.returncode == cli.SIGNAL_EXIT_BASE + signum, output
     return output
 
 
@@ -194,3 +194,10 @@ def read_scalars(log_dir):
     accumulator = event_accumulator.EventAccumulator(str(log_dir), size_guidance={event_accumulator.SCALARS: 0})
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def run_training(argv, method=None):
+    """multitask.main in this process, as run_multi_task.py (or the method's script) runs it with `argv`."""
+    import multitask
+    import run_multi_task
+    multitask.main(multitask.parse_args(run_multi_task.__doc__, [str(a) for a in argv]), method or run_multi_task.METHOD)

@@ -792,7 +792,7 @@ TEXT_FILES = {"t.txt": "one line\nanother\n\nthird\nfourth\n", "t.tsv": "text\tl
     ({"lm": {"type": "pretrain", "format": "text", "train": "t.txt", "test": "t.txt"}},
      r"problem 'lm': a pretrain problem learns from the text alone; drop 'test'"),
     ({"lm": {"type": "pretrain", "format": "tsv", "train": "t.tsv", "text": "text"}},
-     r"problem 'lm': a pretrain problem reads text files, and tsv files hold .*mask_lm problems "
+     r"problem 'lm': a pretrain problem reads text files, and tsv files hold .*mask_lm or .* problems "
      r"\(got type pretrain, format tsv\)"),
     ({"lm": {"type": "cls", "format": "text", "train": "t.txt"}},
      r"problem 'lm': a cls problem reads tsv or jsonl files, and text files hold mask_lm or pretrain problems "

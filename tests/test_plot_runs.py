@@ -231,3 +231,24 @@ def test_wrong_types(tmp_path, name, line, expected):
     path.write_text(path.read_text() + json.dumps(line) + "\n")
     message = error_of([run_dir, "--table"])
     assert message.startswith(f"error: {path}, line {count + 1}: expected") and expected in message
+
+
+def test_a_name_without_suffix_gets_png_and_is_named(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="needs matplotlib: pip install matplotlib")
+    run_dir = write_problems_run(tmp_path / "run")
+    plot_runs.main([str(run_dir), "--output", str(tmp_path / "myfig")])
+    assert (tmp_path / "myfig.png").read_bytes()[:8] == PNG_SIGNATURE and not (tmp_path / "myfig").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == f"wrote {tmp_path / 'myfig.png'}"
+
+
+@pytest.mark.parametrize("where", ["an unknown suffix", "a folder", "under a file", "read-only"])
+def test_an_output_that_cannot_be_written_is_refused_before_reading_the_logs(tmp_path, read_only_folder, where):
+    pytest.importorskip("matplotlib", reason="needs matplotlib: pip install matplotlib")
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    output, expected = {"an unknown suffix": (tmp_path / "fig.jpgx", "matplotlib writes no .jpgx files"),
+                        "a folder": (tmp_path, "is a folder; expected a file name"),
+                        "under a file": (file / "fig.png", f"its folder {file} is a file, not a folder"),
+                        "read-only": (read_only_folder / "fig.png", "is not writable")}[where]
+    assert expected in error_of([tmp_path / "no_run", "--output", output])  # refused before the missing run's logs
+    assert file.read_text() == "mine\n" and not list(read_only_folder.iterdir())

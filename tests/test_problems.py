@@ -14,6 +14,7 @@ import evaluation
 import features as feats
 import glue_processors
 import metrics as metrics_module
+import modeling
 import pku
 import problem_record
 import problem_types
@@ -91,13 +92,14 @@ def tag_problem(labels, name="tags"):
 def test_types_table_decides_the_head_input():
     assert set(TYPES) == set(problem_types.NAMES) == {t.name for t in TYPES.values()}
     assert all(callable(t.loss) and callable(t.build_head) for t in TYPES.values())  # each type its head and loss
-    assert set(problem_types.NAMES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain"}
+    assert set(problem_types.NAMES) == {"cls", "regression", "multi_cls", "seq_tag", "mask_lm", "pretrain",
+                                        "seq2seq_text", "seq2seq_tag"}
     assert {name: t.reads for name, t in TYPES.items()} == {
         "cls": "pooled", "regression": "pooled", "multi_cls": "pooled", "seq_tag": "tokens", "mask_lm": "masked",
-        "pretrain": "masked"}
+        "pretrain": "masked", "seq2seq_text": "tokens", "seq2seq_tag": "tokens"}
     assert {name: t.file_suffix for name, t in TYPES.items()} == {
         "cls": ".tsv", "regression": ".tsv", "multi_cls": ".tsv", "seq_tag": ".conll", "mask_lm": None,
-        "pretrain": None}
+        "pretrain": None, "seq2seq_text": ".tsv", "seq2seq_tag": ".tsv"}
 
 
 def test_glue_rows_are_problems_with_their_quirks_as_fields():
@@ -239,6 +241,13 @@ SENTI_ROWS = '{"s": "a", "y": "p"}\n{"s": "b", "y": "n"}\n'
      r"t.txt line 1: 1 column\(s\), so token_column 0 and label_column -1 are the same one; expected a token"),
     ({"p": {"type": "seq_tag", "format": "conll", "train": "t.txt", "token_column": 4}}, {"t.txt": "a X\n"},
      r"t.txt line 1: 2 column\(s\), but token_column is 4"),
+    ({"p": {**SENTI, "train": "folder"}}, {"folder/t.jsonl": SENTI_ROWS}, r"train file .*folder is a folder, not a file"),
+    ({"p": SENTI}, {"t.jsonl": ""}, r"t.jsonl is empty \(expected one JSON object per line\)"),
+    ({"p": {"type": "mask_lm", "format": "text", "train": "t.txt"}}, {"t.txt": "\n"},
+     r"t.txt is empty \(expected one text per line\)"),
+    ({"p": {**SENTI, "loss_weight": float("inf")}}, {}, "loss_weight must be a finite number, got inf"),
+    ({"p": {**SENTI, "type": "regression", "label_scale": float("inf")}}, {},
+     "label_scale must be a finite number, got inf"),
 ])
 def test_bad_problems_files_get_one_line_errors(tmp_path, spec, files, error):
     path = write_problems(tmp_path, spec, {"t.jsonl": SENTI_ROWS, **files})
@@ -247,6 +256,15 @@ def test_bad_problems_files_get_one_line_errors(tmp_path, spec, files, error):
             for split in problem.splits:
                 read_examples(problem, split, "")
     assert "\n" not in str(raised.value) and str(tmp_path) in str(raised.value)  # names the file
+
+
+def test_multi_cls_labels_are_trimmed(tmp_path):
+    """"joy, positive": the space after the separator is no part of the label."""
+    path = write_problems(tmp_path, {"e": {"type": "multi_cls", "format": "tsv", "train": "t.tsv", "text": ["w"],
+                                           "label": "l"}}, {"t.tsv": "w\tl\nsun\tjoy, positive\nrain\t sadness \n"})
+    problem = read_problems_file(path)["e"]
+    assert problem.labels == ("joy", "positive", "sadness")
+    assert [example.label for example in read_examples(problem, "train", "")] == [("joy", "positive"), ("sadness",)]
 
 
 def test_bad_json_and_duplicate_names(tmp_path):
@@ -556,14 +574,56 @@ def test_people_daily_problems_share_inputs_and_cut_long_sentences(tmp_path):
     assert torch.equal(ner.input_ids, types.input_ids) and len(ner) > len(dev)  # same rows; long sentences cut
     assert ner.word_starts.numel() == sum(len(s.tokens) for s in dev)
     assert sentence_tags(PROBLEMS["pku_ner"], ner, ner.token_labels) == [s.tags for s in dev]
-    # A row's entity types are those of its characters.
-    rows = feats.row_of_word(types)
-    row_tags = [set() for _ in range(len(types))]
-    for row, tag in zip(rows.tolist(), (t for s in entity for t in s.tags)):
-        if tag != "O":
-            row_tags[row].add(tag)
+    # A sentence's entity types (those of all its characters) on each of its rows; its first row is its example.
     labels = PROBLEMS["pku_entity_types"].labels
-    assert [{labels[j] for j in np.flatnonzero(r)} for r in types.labels.numpy()] == row_tags
+    sentence_types = [{tag for tag in s.tags if tag != "O"} for s in entity]
+    assert [{labels[j] for j in np.flatnonzero(r)} for r in types.labels.numpy()] == \
+        [sentence_types[i] for i in types.sentence.tolist()]
+    rows = feats.example_rows(types)
+    assert len(rows) == len(entity) and types.sentence[rows].tolist() == list(range(len(entity)))
+    assert types.first_word[rows].eq(0).all()
+
+
+def test_a_per_example_problem_on_cut_sentences_is_one_row_per_sentence(tmp_path):
+    """pku_entity_types (multi_cls) beside pku_cws (seq_tag) on sentences cut at length 32: in a batch of the group's
+    rows the entity head reads only the rows that start a sentence, with the sentence's labels; a split's predictions,
+    metrics and prediction file have one row per sentence; the group's loss averages over the step's first rows."""
+    data_dir = shared_dir("pku199801").parent
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join([*TINY_VOCAB, "中", "共", "，", "。"]) + "\n", encoding="utf-8")
+    tokenizer = FullTokenizer(vocab)
+    cws_problem, entity_problem = PROBLEMS["pku_cws"], PROBLEMS["pku_entity_types"]
+    sentences = read_examples("pku_entity_types", "dev", data_dir)[:300]
+    cws = convert_problem_examples(cws_problem, read_examples("pku_cws", "dev", data_dir)[:300], tokenizer, 32)
+    entity = convert_problem_examples(entity_problem, sentences, tokenizer, 32)
+    entity_type = problem_types.of(entity_problem)
+    indices = torch.arange(len(entity))
+    assert (entity.first_word > 0).sum() > 50  # many sentences are cut at this length
+
+    batch = make_batch(cws, indices[:40])
+    firsts = batch["example_index"]
+    assert torch.equal(indices[:40][firsts], feats.example_indices(entity, indices[:40]))
+    assert torch.equal(entity_type.example_labels(entity, indices[:40]), entity.labels[indices[:40][firsts]])
+    assert entity_type.labelled_tokens(entity, indices[:40]) == len(firsts)
+    assert problem_types.of(cws_problem).labelled_tokens(cws, indices[:40]) == int((batch["token_labels"] >= 0).sum())
+    logits = torch.randn(len(firsts), len(entity_problem.labels))
+    labels = entity_type.example_labels(entity, indices[:40])
+    assert torch.allclose(entity_type.loss(logits, labels, denominator=len(firsts)), entity_type.loss(logits, labels))
+
+    config = modeling.BertConfig(vocab_size=len(TINY_VOCAB) + 4, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=4, intermediate_size=37)
+    torch.manual_seed(0)
+    model = modeling.BertForMultiTask(config, [4, 4], ["seq_tag", "multi_cls"], num_groups=1)
+    with torch.no_grad():
+        model.classifier[1].bias.copy_(torch.tensor([3.0, -3.0, 0.0, -3.0]))  # PER always; LOC by the input
+    predictions = evaluation.predict_split(model, entity_problem, entity, 0, 1, 64, torch.device("cpu"))
+    assert predictions.shape == (len(sentences), len(entity_problem.labels)) and predictions[:, 0].all()
+    gold = torch.tensor([[label in s.tags for label in entity_problem.labels] for s in sentences])
+    expected = metrics_module.multi_label_metrics(entity_problem.metrics["dev"], predictions, gold.float())
+    assert problem_metrics("pku_entity_types", "dev", predictions, entity) == expected
+    path = write_predictions("pku_entity_types", "dev", predictions, entity, tmp_path / "pku_entity_types.tsv",
+                             data_dir)
+    assert len(path.read_text().splitlines()) == 1 + len(sentences)
 
 
 # ---- EmoLex as the user's multi_cls problem (../shared/emolex) ------------------------------------------------------

@@ -48,3 +48,23 @@ def test_readme_has_the_seed_commands_and_the_ci_blocks():
     assert "run_test_multi_task.py" in scripts and "run_multi_task_pals.py" in scripts
     for name in ("install", "test", "test-slow"):
         assert re.search(rf"<!-- ci:{name} -->\n```shell\n.+\n```\n<!-- /ci:{name} -->", README)
+
+
+def shell_commands(text):
+    """The `python <script> ...` commands of shell text, continuations joined, as word lists (up to a pipe)."""
+    joined = text.replace("\\\n", " ").splitlines()
+    return [shlex.split(line.split(" | ")[0]) for line in joined
+            if line.split()[:1] == ["python"] and line.split()[1:2] != ["-c"]]
+
+
+def test_quickstart_script_runs_the_readme_quick_start():
+    """scripts/quickstart.sh runs the README's four quick-start commands with the same flags, writing under $RUNS
+    (runs/ by default) and its figure into the run directory, not over the repository's docs/quickstart_runs.png."""
+    section = README.split("## Quick start on a CPU")[1].split("\n## ")[0]
+    readme = next(block for block in re.findall(r"```shell\n(.*?)```", section, flags=re.DOTALL) if "python" in block)
+    script = (ROOT / "scripts" / "quickstart.sh").read_text(encoding="utf-8")
+    from_readme = [[word.replace("runs/", "$RUNS/") for word in words] for words in shell_commands(readme)]
+    from_script = shell_commands(script)
+    assert len(from_readme) == 4 and from_script == from_readme
+    assert "docs/" not in script and "quickstart/quickstart_runs.png" in script
+    assert "scripts/quickstart.sh" in section

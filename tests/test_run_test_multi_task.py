@@ -22,6 +22,7 @@ import modeling
 import modeling_gated
 import multitask
 import problem_types
+import problems
 import run_files
 import run_multi_task
 import run_multi_task_gated
@@ -29,6 +30,7 @@ import run_multi_task_pals
 import run_test_multi_task
 from conftest import fixture_glue_dir, minilm_dir, require, shared_glue_dir
 from glue_processors import ALL_TASKS, TASKS
+from metrics import multi_label_metrics
 from helpers import tiny_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add waiting
@@ -492,12 +494,52 @@ def test_user_problems_test_split_writes_their_files(user_run, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["emotion.tsv", "ner.conll"]  # senti and score have no test set
     assert "senti has no test set" in printed and "score has no test set" in printed
+    assert ".tsv (the model has no" not in printed  # no GLUE head, no GLUE submission: its files are no news
     test_tokens = [line.split()[0] for line in (PROBLEMS_FILE.parent / "ner" / "test.txt").read_text().splitlines()
                    if line.strip()]
     written = [line.split("\t") for line in (out / "ner.conll").read_text().splitlines() if line]
     assert [w[0] for w in written] == test_tokens and all(len(w) == 2 for w in written)
     rows = (out / "emotion.tsv").read_text().splitlines()
     assert len(rows) == len((PROBLEMS_FILE.parent / "emotion" / "test.tsv").read_text().splitlines())
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+def test_an_output_dir_that_cannot_be_written_is_refused_first(user_run, tmp_path, read_only_folder, where):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    out = {"a file": file, "under a file": file / "pred", "read-only": read_only_folder / "pred"}[where]
+    assert f"--output_dir {out}" in error_of("--model_dir", user_run, "--output_dir", out)
+    assert file.read_text() == "mine\n" and not list(read_only_folder.iterdir())
+
+
+def test_a_run_whose_data_moved_predicts_with_a_problems_file(workspace, tmp_path):
+    """config.json records a user problem's absolute paths. Once the files move, the error names that record and
+    --problems (not --data_dir, which the problem ignores); --problems FILE with the new paths predicts as before the
+    move; a record whose labels differ from the trained ones is refused."""
+    data = tmp_path / "data"
+    shutil.copytree(PROBLEMS_FILE.parent / "senti", data / "senti")
+    senti = json.loads(PROBLEMS_FILE.read_text())["senti"]
+    (data / "senti.json").write_text(json.dumps({"senti": senti}))
+    run_dir = tmp_path / "run"
+    argv = ["--output_dir", str(run_dir), "--tasks", "senti", "--problems", str(data / "senti.json"), "--do_train",
+            "--do_lower_case", "--data_dir", str(fixture_glue_dir()), "--vocab_file",
+            str(workspace["minilm"] / "vocab.txt"), "--bert_config_file", str(workspace["config"]),
+            "--max_seq_length", "16", "--train_batch_size", "4", "--num_train_epochs", "1", "--steps_per_epoch", "2",
+            "--no_cuda", "--cache_dir", str(workspace["cache"])]
+    multitask.main(multitask.parse_args(run_multi_task.__doc__, argv), run_multi_task.METHOD)
+    run_script("--model_dir", run_dir, "--output_dir", tmp_path / "before", "--split", "dev")
+    moved = tmp_path / "moved"
+    shutil.move(data, moved)
+    message = error_of("--model_dir", run_dir, "--output_dir", tmp_path / "lost", "--split", "dev")
+    assert "senti's paths are those of its record in the run's config.json; --problems FILE gives them new ones" in \
+        message and not message.startswith("error: --data_dir")
+    run_script("--model_dir", run_dir, "--output_dir", tmp_path / "after", "--split", "dev", "--problems",
+               moved / "senti.json")
+    assert (tmp_path / "after" / "senti.tsv").read_bytes() == (tmp_path / "before" / "senti.tsv").read_bytes()
+    (moved / "swapped.json").write_text(json.dumps({"senti": {**senti, "labels": ["pos", "neg"]}}))
+    assert "senti's labels is ('pos', 'neg'), but the run trained it with ('neg', 'pos')" in error_of(
+        "--model_dir", run_dir, "--output_dir", tmp_path / "swapped", "--split", "dev", "--problems",
+        moved / "swapped.json")
 
 
 # ---------------------------------------------------------------------------------------------------- PALs
@@ -590,6 +632,15 @@ def test_chained_run_logs_per_problem_and_predicts_its_logged_scores(chained_run
     assert results["scores"] == best["scores"] and results["mean_score"] == best["mean_score"]
     assert {p.name for p in tmp_path.iterdir()} >= {"pku_cws.conll", "pku_ner.conll", "pku_pos.conll",
                                                     "pku_entity_types.tsv"}
+    # pku_entity_types labels a sentence: one line per dev sentence (many are cut into pieces at length 32), and
+    # its logged metrics are those of the file, recomputed per sentence.
+    problem = problems.get_problem("pku_entity_types")
+    sentences = problems.read_examples(problem, "dev", shared_glue_dir().parent)
+    rows = [line.split("\t") for line in (tmp_path / "pku_entity_types.tsv").read_text().splitlines()[1:]]
+    assert [int(index) for index, _ in rows] == list(range(len(sentences)))
+    predicted = torch.tensor([[label in value.split(",") for label in problem.labels] for _, value in rows])
+    gold = torch.tensor([[float(label in s.tags) for label in problem.labels] for s in sentences])
+    assert multi_label_metrics(problem.metrics["dev"], predicted, gold) == best["scores"]["pku_entity_types"]
 
 
 def test_problems_joined_by_and_need_the_same_inputs(workspace, tmp_path):
